@@ -1,0 +1,3 @@
+from polyak.cli import main
+
+main()

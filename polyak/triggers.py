@@ -1,0 +1,85 @@
+"""Triggers: "fire once, ``patience`` epochs after the last best".
+
+One ``Plateau`` drives three decisions of the papers:
+- GadamAuto (Granziol et al., Sec. 5): averaging starts once ``patience`` epochs pass without a
+  new best validation accuracy (``mode="max"``);
+- TSO-ALRA (Ida & Fujiwara): the switch to SGD when the validation loss stops improving;
+- early stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["Plateau"]
+
+
+class Plateau:
+    """Fires exactly once, on the ``patience``-th consecutive epoch without improvement.
+
+    Feed it one metric per epoch with :meth:`update`; it returns ``True`` on the one call where it
+    fires and ``False`` on every other call (before and after). An epoch improves when its value
+    beats the best so far by more than ``min_delta`` (smaller for ``mode="min"``, larger for
+    ``mode="max"``). With ``patience=0`` it fires on the first update.
+    """
+
+    def __init__(self, patience: int, mode: str = "min", min_delta: float = 0.0) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"Invalid patience: {patience!r} (an integer >= 0)")
+        if mode not in ("min", "max"):
+            raise ValueError(f"Invalid mode: {mode!r} (allowed: 'min', 'max')")
+        if not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"Invalid min_delta: {min_delta!r} (a finite number >= 0)")
+        self.patience = patience
+        self.mode = mode
+        self.min_delta = float(min_delta)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.num_bad = 0
+        self.epochs_seen = 0
+        self.fired = False
+        self.fired_epoch: int | None = None
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float, epoch: int | None = None) -> bool:
+        """Record this epoch's metric; ``True`` exactly once, when the trigger fires."""
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError("Plateau.update got NaN: the metric is undefined")
+        epoch = self.epochs_seen if epoch is None else int(epoch)
+        self.epochs_seen += 1
+        if self.fired:
+            return False
+        if self._improves(value):
+            self.best, self.best_epoch, self.num_bad = value, epoch, 0
+        else:
+            self.num_bad += 1
+        if self.num_bad >= self.patience:
+            self.fired, self.fired_epoch = True, epoch
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = ("patience", "mode", "min_delta", "best", "best_epoch", "num_bad", "epochs_seen",
+                "fired", "fired_epoch")
+        return {k: getattr(self, k) for k in keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("mode") != self.mode or state.get("patience") != self.patience:
+            raise ValueError(
+                f"Plateau state is for patience={state.get('patience')}, "
+                f"mode={state.get('mode')!r}; "
+                f"this trigger has patience={self.patience}, mode={self.mode!r}"
+            )
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def __repr__(self) -> str:
+        return f"Plateau(patience={self.patience}, mode={self.mode!r}, min_delta={self.min_delta})"
