@@ -1,0 +1,277 @@
+"""What every weight average shares: a flat copy of the parameters, when to collect, swapping in.
+
+Only parameters are averaged, never buffers (METHODS.md sec. 5): BatchNorm statistics of averaged
+weights are recomputed (:func:`polyak.averaging.recalibrate_bn`). The average is a flat list of
+tensors, one per parameter, of the parameter's shape and dtype: no copy of the module, no other
+per-parameter buffer. Per-collection updates run as multi-tensor ``torch._foreach_*`` kernels
+(``foreach=True``) or as a loop over single tensors (``foreach=False``, the reference path); both
+compute the same floating-point operations in the same order.
+
+Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polyak.averaging.bn import Forward, recalibrate_bn, saved_bn_buffers
+
+__all__ = ["WeightAverage"]
+
+_FOREACH_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def check_every(every: str | int) -> str | int:
+    """``"epoch"``, or a number of optimizer steps n >= 1 (``"step"`` means 1)."""
+    if every == "step":
+        return 1
+    if every == "epoch":
+        return "epoch"
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"Invalid every: {every!r} (allowed: 'epoch', 'step' or an integer >= 1)")
+    return every
+
+
+def check_epoch(epoch: int, name: str = "epoch") -> int:
+    try:
+        value = operator.index(epoch)
+    except TypeError:
+        value = -1
+    if isinstance(epoch, bool) or value < 0:
+        raise ValueError(f"Invalid {name}: {epoch!r} (an integer >= 0; epochs are 0-based)")
+    return value
+
+
+class WeightAverage:
+    """Base class of :class:`Uniform`, :class:`EMA` and :class:`PhaseWise`.
+
+    Subclasses implement ``_update(src)`` (one collection of the iterate ``src``, a list of tensors
+    on the average's device) and may override ``_divisor()`` (the reported weights are
+    ``average / divisor``). Attributes: ``average`` (the list of tensors), ``n_averaged`` (iterates
+    in the current average), ``collected`` (collections ever made), ``steps`` (calls to
+    :meth:`step`), ``epoch`` (epochs ended so far, i.e. the 0-based index of the running epoch).
+    """
+
+    #: whether the averaged weights (rather than the live ones) are the method's result.
+    reports_average = True
+
+    def __init__(
+        self, model: nn.Module, *, every: str | int = "epoch", start_epoch: int = 0,
+        device: torch.device | str | None = None, foreach: bool | None = None,
+    ) -> None:
+        every = check_every(every)
+        start_epoch = check_epoch(start_epoch, "start_epoch")
+        if foreach not in (None, True, False):
+            raise ValueError(f"Invalid foreach: {foreach!r} (allowed: None, True, False)")
+        params = list(model.parameters())
+        if not params:
+            raise ValueError("Invalid model: it has no parameters to average")
+        self.model = model
+        self.every, self.start_epoch = every, start_epoch
+        self.device = None if device is None else torch.device(device)
+        self._shapes = [p.shape for p in params]
+        self.average: list[Tensor] = [
+            torch.zeros(p.shape, dtype=p.dtype, device=self.device or p.device) for p in params
+        ]
+        if foreach is None:
+            foreach = all(t.device.type in _FOREACH_DEVICES for t in [*self.average, *params])
+        self.foreach = foreach
+        self.n_averaged = 0
+        self.collected = 0
+        self.steps = 0
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ tensor operations
+    def _copy_(self, dst: list[Tensor], src: list[Tensor]) -> None:
+        if self.foreach and dst[0].device == src[0].device:
+            torch._foreach_copy_(dst, src)
+        else:
+            for d, s in zip(dst, src):
+                d.copy_(s)
+
+    def _lerp_(self, avg: list[Tensor], src: list[Tensor], weight: float) -> None:
+        if self.foreach:
+            torch._foreach_lerp_(avg, src, weight)
+        else:
+            for a, s in zip(avg, src):
+                a.lerp_(s, weight)
+
+    def _mul_(self, ts: list[Tensor], factor: float) -> None:
+        if self.foreach:
+            torch._foreach_mul_(ts, factor)
+        else:
+            for t in ts:
+                t.mul_(factor)
+
+    def _div_(self, ts: list[Tensor], divisor: float) -> None:
+        if self.foreach:
+            torch._foreach_div_(ts, divisor)
+        else:
+            for t in ts:
+                t.div_(divisor)
+
+    # ------------------------------------------------------------------ parameters
+    def _params(self, model: nn.Module | None = None) -> list[Tensor]:
+        """The parameters of ``model`` (default: the tracked one), checked against the average."""
+        params = list((self.model if model is None else model).parameters())
+        shapes = self._shapes
+        if len(params) != len(shapes) or any(p.shape != s for p, s in zip(params, shapes)):
+            got = [tuple(p.shape) for p in params]
+            want = [tuple(s) for s in shapes]
+            raise ValueError(
+                f"Invalid model: its parameters changed since the average was made "
+                f"({len(got)} tensors {_brief(got)}; the average holds {len(want)} {_brief(want)})"
+            )
+        return params
+
+    def _source(self, params: list[Tensor]) -> list[Tensor]:
+        """The live parameters on the average's device (copied there when it differs)."""
+        if self.device is None or all(p.device == self.device for p in params):
+            return params
+        return [p.detach().to(self.device) for p in params]
+
+    def _divisor(self) -> float:
+        return 1.0
+
+    def _update(self, src: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _write_into(self, params: list[Tensor], divisor: float) -> None:
+        self._copy_(params, self.average)
+        if divisor != 1.0:
+            self._div_(params, divisor)
+
+    @torch.no_grad()
+    def _collect(self) -> None:
+        self._update(self._source(self._params()))
+        self.n_averaged += 1
+        self.collected += 1
+
+    # ------------------------------------------------------------------ events
+    def step(self) -> None:
+        """Call after each ``optimizer.step()``; collects every ``every`` steps when it is a number.
+
+        Steps are counted from the object's creation; a step collects when the step count is a
+        multiple of ``every`` and the running epoch (0-based) is at least ``start_epoch``.
+        """
+        self.steps += 1
+        every = self.every
+        if every != "epoch" and self.steps % every == 0 and self.epoch >= self.start_epoch:
+            self._collect()
+
+    def end_epoch(
+        self, epoch: int, bn_loader: Iterable[Any] | None = None, forward: Forward | None = None,
+    ) -> None:
+        """Call after epoch ``epoch`` (0-based); collects when ``every="epoch"`` and
+        ``epoch >= start_epoch``. ``bn_loader``/``forward`` are accepted for a uniform interface
+        and unused here: BatchNorm is recalibrated when the average is used (:meth:`applied`)."""
+        epoch = check_epoch(epoch)
+        self.epoch = epoch + 1
+        if self.every == "epoch" and epoch >= self.start_epoch:
+            self._collect()
+        else:
+            self._params()
+
+    # ------------------------------------------------------------------ using the average
+    @property
+    def has_average(self) -> bool:
+        return self.n_averaged > 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the average holds (its tensors' storages)."""
+        return sum(t.untyped_storage().nbytes() for t in self.average)
+
+    @torch.no_grad()
+    def averaged(self) -> list[Tensor]:
+        """New tensors holding the reported weights (the live ones when nothing is averaged)."""
+        if not self.has_average:
+            return [p.detach().clone() for p in self._params()]
+        divisor = self._divisor()
+        return [a.clone() if divisor == 1.0 else a / divisor for a in self.average]
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module | None = None) -> None:
+        """Write the averaged weights into ``model`` (default: the tracked one) for good.
+
+        A no-op while nothing has been averaged."""
+        params = self._params(model)
+        if self.has_average:
+            self._write_into(params, self._divisor())
+
+    @contextlib.contextmanager
+    def applied(
+        self, model: nn.Module | None = None, bn_loader: Iterable[Any] | None = None,
+        forward: Forward | None = None,
+    ) -> Iterator[nn.Module]:
+        """Inside the block ``model`` holds the averaged weights, and with ``bn_loader`` BatchNorm
+        statistics recomputed for them (:func:`recalibrate_bn`). On exit, also when the block
+        raises, the live weights and BatchNorm buffers are back bit for bit. While nothing has been
+        averaged the block sees the live weights (with recalibrated statistics if asked)."""
+        model = self.model if model is None else model
+        params = self._params(model)
+        with torch.no_grad():
+            live = [p.detach().clone() for p in params]
+        try:
+            with saved_bn_buffers(model):
+                if self.has_average:
+                    with torch.no_grad():
+                        self._write_into(params, self._divisor())
+                if bn_loader is not None:
+                    recalibrate_bn(model, bn_loader, forward=forward)
+                yield model
+        finally:
+            with torch.no_grad():
+                self._copy_(params, live)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _hyper(self) -> dict[str, Any]:
+        return {"every": self.every, "start_epoch": self.start_epoch}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, hyper-parameters and the average (references to its tensors, as torch's
+        state dicts hold: save or deep-copy it before training on)."""
+        return {
+            "type": type(self).__name__, "hyper": self._hyper(),
+            "n_averaged": self.n_averaged, "collected": self.collected,
+            "steps": self.steps, "epoch": self.epoch, "average": list(self.average),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; ValueError if it is from another class, another set of
+        hyper-parameters, or a model with other parameter shapes."""
+        name = type(self).__name__
+        if state.get("type") != name:
+            raise ValueError(f"Invalid state_dict: it is from a {state.get('type')}, not a {name}")
+        if state.get("hyper") != self._hyper():
+            raise ValueError(
+                f"Invalid state_dict: it has {state.get('hyper')}, this {name} has {self._hyper()}"
+            )
+        avg = state["average"]
+        got = [tuple(t.shape) for t in avg]
+        want = [tuple(s) for s in self._shapes]
+        if got != want:
+            raise ValueError(
+                f"Invalid state_dict: it is from a different model ({len(got)} tensors "
+                f"{_brief(got)}; this average holds {len(want)} {_brief(want)})"
+            )
+        with torch.no_grad():
+            for a, s in zip(self.average, avg):
+                a.copy_(s)
+        for key in ("n_averaged", "collected", "steps", "epoch"):
+            setattr(self, key, int(state[key]))
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
+        return f"{type(self).__name__}({hyper}, n_averaged={self.n_averaged})"
+
+
+def _brief(shapes: list[tuple[int, ...]], limit: int = 4) -> str:
+    shown = ", ".join(str(s) for s in shapes[:limit])
+    return f"[{shown}{', ...' if len(shapes) > limit else ''}]"

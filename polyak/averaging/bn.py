@@ -1,0 +1,121 @@
+"""BatchNorm statistics for averaged weights.
+
+Izmailov et al. (SWA, Sec. 3.2) and Kobayashi (phase-wise aggregation, Sec. 2.1, after eq. 3):
+the running statistics of an average of weights are not the average of the statistics; they are
+recomputed by a forward pass over training data. As ``torch.optim.swa_utils.update_bn`` does,
+each BatchNorm's statistics are reset and its ``momentum`` set to ``None``, so the running
+estimates become the cumulative average over the batches (every batch weighs the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["recalibrate_bn", "saved_bn_buffers", "default_forward", "bn_modules"]
+
+Forward = Callable[[nn.Module, Any], Any]
+
+
+def bn_modules(model: nn.Module) -> list[_BatchNorm]:
+    """Every BatchNorm (1d/2d/3d, Sync, Lazy) inside ``model``."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """``model(batch)`` for a tensor, ``model(batch[0])`` for a tuple or list (inputs, targets)."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return model(batch[0])
+    raise TypeError(
+        f"Cannot feed a batch of type {type(batch).__name__} to the model: pass "
+        "forward=lambda model, batch: ... to say how"
+    )
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside ``batch`` (tensors, tuples, lists, dicts) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+@contextlib.contextmanager
+def saved_bn_buffers(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every BatchNorm buffer (running_mean, running_var, num_batches_tracked) on exit.
+
+    The buffers are copied back bit for bit, also when the block raises.
+    """
+    saved = [
+        (buf, buf.detach().clone())
+        for m in bn_modules(model) for buf in m.buffers(recurse=False)
+    ]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+
+
+def _check_max_batches(max_batches: int | None) -> None:
+    if max_batches is None:
+        return
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
+        raise ValueError(f"Invalid max_batches: {max_batches!r} (None or an integer >= 1)")
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, loader: Iterable[Any], forward: Forward | None = None,
+    max_batches: int | None = None,
+) -> None:
+    """Recompute every BatchNorm's running statistics in one pass over ``loader``.
+
+    Equal weight per batch (``momentum=None``, cumulative average), forward passes in train mode
+    under ``torch.no_grad()``; the result equals ``torch.optim.swa_utils.update_bn``. Batches are
+    moved to the model's device and fed through ``forward(model, batch)`` (default:
+    :func:`default_forward`); at most ``max_batches`` of them when given. Afterwards each
+    BatchNorm's momentum and the train/eval mode of every submodule are what they were, also when
+    a forward pass raises. Without BatchNorm this is a no-op that does not touch the loader.
+    """
+    _check_max_batches(max_batches)
+    bns = bn_modules(model)
+    if not bns:
+        return
+    forward = default_forward if forward is None else forward
+    device = _model_device(model)
+    momenta = [m.momentum for m in bns]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            forward(model, batch if device is None else _to_device(batch, device))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        for m, training in modes:
+            m.training = training
