@@ -1,0 +1,162 @@
+"""``polyak igd``, ``polyak nqm``, ``polyak stability``: the theory tools from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polyak.cli import UserError, app
+
+Opt = typer.Option
+
+
+def _positive_int(name: str, value: int) -> None:
+    if value < 1:
+        raise UserError(f"Invalid {name}: {value} (an integer >= 1)")
+
+
+def _check_out(out: Path) -> None:
+    if not out.parent.is_dir():
+        raise UserError(f"Invalid out: {out} (directory {out.parent} does not exist)")
+
+
+@app.command("igd")
+def igd_command(
+    rows: Annotated[int, Opt(help="N, rows of A (the IGD components).")] = 20,
+    dim: Annotated[int, Opt(help="n, columns of A.")] = 5,
+    mu: Annotated[float, Opt(help="Regularization weight (D = I).")] = 0.1,
+    seed: Annotated[int, Opt(help="Seed of the random problem.")] = 0,
+    epochs: Annotated[int, Opt(help="IGD epochs per step size in the error panel.")] = 100,
+    out: Annotated[Path, Opt(help="PNG file to write.")] = Path("igd.png"),
+) -> None:
+    """Incremental gradient descent on random least squares: bounds and SGDL's Figure 2."""
+    from polyak.analysis import least_squares as ls
+    from polyak.analysis.plots import plot_igd
+
+    _positive_int("rows", rows)
+    _positive_int("dim", dim)
+    _positive_int("epochs", epochs)
+    _check_out(out)
+    problem = ls.random_least_squares(rows, dim, mu, seed=seed)
+    A, D = problem.A, problem.D
+    bound = ls.igd_sufficient_bound(A, mu, D)
+    critical = ls.igd_critical_step(A, mu, D)
+    lines = [
+        ("gradient descent bound 2/lambda_max(A'A + mu D)", ls.gd_bound(problem.hessian)),
+        ("the paper's IGD bound 2N/rho(mu D + A'A)", bound),
+        ("measured critical IGD step (rho(K_N(t)) = 1)", critical),
+        ("rho(K_N(t)) at the paper's bound", ls.igd_spectral_radius(A, mu, D, bound)),
+    ]
+    for label, value in lines:
+        typer.echo(f"{label + ':':<50} {value:.6g}")
+    typer.echo(f"wrote {plot_igd(problem, out, epochs=epochs)}")
+
+
+@app.command("nqm")
+def nqm_command(
+    dim: Annotated[int, Opt(help="Dimensions d; curvatures h_i = i^-exponent.")] = 100,
+    exponent: Annotated[float, Opt(help="Power-law exponent of the spectrum.")] = 1.0,
+    noise: Annotated[str, Opt(help="Gradient noise: isotropic (c) or curvature (c*h_i).")] = (
+        "isotropic"),
+    c: Annotated[float, Opt(help="Noise scale.")] = 1.0,
+    batch_size: Annotated[int, Opt(help="Batch size B (noise variance / B).")] = 1,
+    lr: Annotated[float, Opt(help="Learning rate.")] = 0.5,
+    epochs: Annotated[int, Opt(help="Epochs (averages collect once per epoch).")] = 160,
+    steps_per_epoch: Annotated[int, Opt(help="Optimizer steps per epoch.")] = 10,
+    out: Annotated[Path, Opt(help="PNG file to write.")] = Path("nqm.png"),
+) -> None:
+    """Noisy quadratic model: exact expected loss of averaging against learning-rate decay."""
+    from polyak.analysis.nqm import NoisyQuadratic, compare_methods
+    from polyak.analysis.plots import plot_nqm
+
+    _check_out(out)
+    problem = NoisyQuadratic.power_law(dim, exponent=exponent, noise=noise, c=c,
+                                       batch_size=batch_size)
+    results = compare_methods(problem, lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("method")
+    table.add_column("final E[L]", justify="right")
+    for name, losses in sorted(results.items(), key=lambda item: item[1][-1]):
+        table.add_row(name, f"{losses[-1]:.5g}")
+    Console(width=100).print(table)
+    typer.echo(f"wrote {plot_nqm(results, out, steps_per_epoch=steps_per_epoch)}")
+
+
+def _load_checkpoint(model, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Invalid checkpoint: {path} is not a file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise UserError(f"Invalid checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _task(name: str):
+    try:
+        from polyak.bench.tasks import get_task
+
+        return get_task(name)
+    except ImportError:
+        raise UserError("the benchmark task registry (polyak.bench.tasks) is missing") from None
+    except KeyError:
+        raise UserError(f"Invalid task: {name!r} (see `polyak list` for task names)") from None
+
+
+def _data_and_model(spec, seed: int):
+    """The task's splits and a fresh model (``load_data``/``make_model`` when the task has them,
+    else ``load()`` and ``polyak.bench.models.get_model`` under ``torch.manual_seed(seed)``)."""
+    import torch
+
+    splits = spec.load_data() if hasattr(spec, "load_data") else spec.load()
+    if hasattr(spec, "make_model"):
+        return splits, spec.make_model(seed)
+    from polyak.bench.models import get_model
+
+    torch.manual_seed(seed)
+    return splits, get_model(spec.model, **spec.model_kwargs)
+
+
+@app.command("stability")
+def stability_command(
+    task: Annotated[str, Opt(help="Benchmark task name (see `polyak list`).")],
+    checkpoint: Annotated[Path | None, Opt(help="Model state dict (torch.save) to load.")] = None,
+    batches: Annotated[int, Opt(help="Training batches in the full-batch loss.")] = 4,
+    batch_size: Annotated[int, Opt(help="Examples per batch.")] = 128,
+    beta: Annotated[float, Opt(help="Momentum for the heavy-ball bound.")] = 0.9,
+    max_iter: Annotated[int, Opt(help="Power-iteration steps at most.")] = 100,
+    tol: Annotated[float, Opt(help="Relative tolerance on the eigenvalue.")] = 1e-4,
+    seed: Annotated[int, Opt(help="Seed of the model and of the start vector.")] = 0,
+) -> None:
+    """Largest Hessian eigenvalue of a task's training loss and the stable learning rates."""
+    import torch.nn.functional as F
+
+    from polyak.analysis.hessian import top_hessian_eigenvalue
+
+    _positive_int("batches", batches)
+    _positive_int("batch-size", batch_size)
+    splits, model = _data_and_model(_task(task), seed)
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint)
+    model.train()
+    n = min(batches * batch_size, len(splits.x_train))
+    data = [(splits.x_train[i:i + batch_size], splits.y_train[i:i + batch_size])
+            for i in range(0, n, batch_size)]
+    result = top_hessian_eigenvalue(model, F.cross_entropy, data, tol=tol, max_iter=max_iter,
+                                    seed=seed)
+    state = "converged" if result.converged else "NOT converged"
+    typer.echo(f"lambda_max: {result.lambda_max:.6g} ({state} in {result.iterations} "
+               f"iterations, residual {result.residual:.3g})")
+    typer.echo(f"gradient descent stable below 2/lambda_max: {result.gd_bound:.6g}")
+    typer.echo(f"heavy ball (beta={beta:g}) stable below 2(1+beta)/lambda_max: "
+               f"{result.heavy_ball_bound(beta):.6g}")

@@ -1,0 +1,182 @@
+"""``polyak bench``, ``polyak report`` and ``polyak tune``: the benchmark from the command line.
+
+Everything the user typed is checked (tasks, methods and their keys, positive numbers, the store
+file) before the store is written; bad input is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+
+from polyak.cli import app, fail
+
+DEFAULT_STORE = "polyak-runs.sqlite"
+DEFAULT_TUNE_STORE = "polyak-tune.sqlite"
+DEFAULT_OUT = "polyak-report"
+
+
+def split_specs(text: str) -> list[str]:
+    """``"sgdm,gadamx:lr=0.05,avg_start=20,swa"`` -> ``["sgdm", "gadamx:lr=0.05,avg_start=20",
+    "swa"]``: a comma piece with ``=`` but no ``:`` continues the previous spec's overrides."""
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if "=" in piece and ":" not in piece and specs:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    if not specs:
+        fail(f"Invalid list: {text!r} (allowed: comma-separated names)")
+    return specs
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        fail(f"Invalid {name}: {value} (allowed: an integer >= 1)")
+
+
+def _tasks(text: str | None) -> list:
+    from polyak.bench.tasks import DEFAULT_TASK, get_task
+
+    names = split_specs(text) if text is not None else [DEFAULT_TASK]
+    return [get_task(name) for name in dict.fromkeys(names)]
+
+
+def _print_markdown(text: str) -> None:
+    if sys.stdout.isatty():
+        Console().print(Markdown(text))
+    else:
+        typer.echo(text)
+
+
+def _open_store(path: str, must_exist: bool = False):
+    from polyak.bench.store import Store
+
+    if must_exist and not Path(path).exists():
+        fail(f"No run store at {path} (run `polyak bench` first, or pass --store)")
+    return Store(path)
+
+
+def _report(store, keys, tasks, out: str, notes: list[str]) -> None:
+    from polyak.bench.report import write_report
+
+    info = {t.name: (t.epochs, t.description) for t in tasks}
+    for key in keys:
+        info[key.task] = (key.epochs, info[key.task][1])
+    text, _ = write_report(store, keys, out, info, notes)
+    _print_markdown(text)
+    typer.echo(f"report written to {Path(out) / 'report.md'}", err=True)
+
+
+STORE_HELP = "SQLite run store (created when missing)."
+
+
+@app.command("bench")
+def bench_command(
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default mnist1d-cnn)."),
+    methods: str = typer.Option(None, "--methods",
+                                help="Comma-separated recipe specs (default: every paper method)."),
+    seeds: int = typer.Option(None, "--seeds", help="Seeds per method (default: the task's, 3)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: cores)."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory of report.md and the figures."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> int:
+    """Run the (task x method x seed) grid, resuming from the store, then print the report."""
+    from polyak.bench.runner import default_methods, plan_grid, run_grid
+
+    for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
+        _positive(name, value)
+    task_list = _tasks(tasks)
+    specs = split_specs(methods) if methods is not None else None
+    jobs = plan_grid(task_list, specs, seeds, epochs)
+    run_store = _open_store(store)
+    notes = [f"{name} not run: {why}" for name, why in default_methods()[1]] if specs is None \
+        else []
+    summary = run_grid(run_store, jobs, workers=workers, show_progress=progress)
+    _report(run_store, [j.key for j in jobs], task_list, out, notes)
+    typer.echo(f"{summary.executed} run(s) executed, {summary.skipped} already in {store}"
+               + (f", {summary.failed} failed" if summary.failed else ""), err=True)
+    if summary.interrupted:
+        typer.echo("polyak: interrupted; run the same command again to finish the grid",
+                   err=True)
+        return 130
+    return 1 if summary.failed else 0
+
+
+@app.command("report")
+def report_command(
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all stored)."),
+    methods: str = typer.Option(None, "--methods", help="Comma-separated specs (default: all)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite run store to read."),
+    out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory of report.md and the figures."),
+) -> int:
+    """Tables, figures and paper-claim verdicts of the runs in the store."""
+    from polyak.bench.report import keys_in_store
+    from polyak.bench.tasks import TASKS
+
+    _positive("epochs", epochs)
+    specs = split_specs(methods) if methods is not None else None
+    run_store = _open_store(store, must_exist=True)
+    task_list = _tasks(tasks) if tasks is not None else \
+        [TASKS[name] for name in run_store.tasks() if name in TASKS]
+    keys = keys_in_store(run_store, task_list, specs, epochs)
+    if not keys:
+        fail(f"No finished runs of {', '.join(t.name for t in task_list) or 'any task'} with the "
+             f"current settings in {store}")
+    _report(run_store, keys, task_list, out, [])
+    return 0
+
+
+@app.command("tune")
+def tune_command(
+    task: str = typer.Option(None, "--task", help="Task to tune on (default mnist1d-cnn)."),
+    methods: str = typer.Option(None, "--methods", help="Comma-separated recipe names "
+                                "(default: every paper method)."),
+    grid: str = typer.Option("0.1,0.3333,1,3,10", "--grid",
+                             help="Comma-separated multipliers of each recipe's default lr."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per grid point."),
+    epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: cores)."),
+    store: str = typer.Option(DEFAULT_TUNE_STORE, "--store", help=STORE_HELP),
+    out: str = typer.Option(None, "--out", help="JSON to merge the winners into "
+                            "(default: the task's shipped tuned file)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> int:
+    """Tune each method's learning rate on the validation set; write the winners as JSON."""
+    from polyak.bench.runner import default_methods
+    from polyak.bench.tune import tune, tune_jobs
+
+    for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
+        _positive(name, value)
+    (the_task,) = _tasks(task)
+    try:
+        multipliers = [float(g) for g in grid.split(",") if g.strip()]
+    except ValueError:
+        fail(f"Invalid grid: {grid!r} (allowed: comma-separated positive numbers)")
+    specs = split_specs(methods) if methods is not None else default_methods()[0]
+    n_epochs = the_task.epochs if epochs is None else epochs
+    plan = tune_jobs(the_task, specs, multipliers, seeds, n_epochs)
+    run_store = _open_store(store)
+    command = shlex.join(["polyak", "tune", "--task", the_task.name, "--methods",
+                          ",".join(specs), "--grid", grid, "--seeds", str(seeds),
+                          "--epochs", str(n_epochs)])
+    result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
+                  command=command, show_progress=progress)
+    if result.path is None:
+        typer.echo("polyak: interrupted; run the same command again to finish", err=True)
+        return 130
+    for method, scores in result.scores.items():
+        points = ", ".join(f"{lr:.4g}: {100 * acc:.2f}%" for lr, acc, _ in scores)
+        typer.echo(f"{method}: lr {result.lrs[method]:.4g}  (val acc {points})")
+    typer.echo(f"tuned learning rates written to {result.path}", err=True)
+    return 0
