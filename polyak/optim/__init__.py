@@ -1,0 +1,19 @@
+"""Base optimizers (``torch.optim.Optimizer`` subclasses) and optimizer wrappers.
+
+- :class:`Padam` - partially adaptive Adam(W)/AMSGrad (Gadam, GadamX base), METHODS.md s.1
+- :class:`AdaBound` - AdaBound/AMSBound, METHODS.md s.2
+- :class:`Lookahead` - k steps forward, 1 step back, around any optimizer, METHODS.md s.3
+- :class:`SAM` - sharpness-aware minimization (and ASAM) around any optimizer, METHODS.md s.4;
+  :func:`frozen_bn_stats` keeps BatchNorm statistics out of a second forward pass.
+
+Imports torch only.
+"""
+
+from __future__ import annotations
+
+from polyak.optim.adabound import AdaBound
+from polyak.optim.lookahead import Lookahead
+from polyak.optim.padam import Padam
+from polyak.optim.sam import SAM, frozen_bn_stats
+
+__all__ = ["AdaBound", "Lookahead", "Padam", "SAM", "frozen_bn_stats"]
