@@ -66,7 +66,8 @@ PAPER_METHODS = (
 )
 
 BASELINES = {
-    "sgdm": "sgd", "sgdl": "sgdm", "adam": "sgdm", "adamw": "adam", "amsgrad": "adam", "padam": "adamw",
+    "sgdm": "sgd", "sgdl": "sgdm", "adam": "sgdm", "adamw": "adam", "amsgrad": "adam",
+    "padam": "adamw",
     "adabound": "adam", "amsbound": "amsgrad", "lookahead": "sgdm", "pwa": "sgdm",
     "pwa-adam": "adam", "pwa-amsgrad": "amsgrad", "pwa-adabound": "adabound", "swa": "sgdm",
     "gadam": "adamw", "gadamx": "swa", "gadam-auto": "adamw", "gadam-lookahead": "gadam",

@@ -72,6 +72,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Command groups register themselves on `app` when imported.
-from polyak.cli import listing  # noqa: E402,F401
-from polyak.cli import analysis  # noqa: E402,F401
-from polyak.cli import data  # noqa: E402,F401
+from polyak.cli import analysis, bench, data, listing  # noqa: E402,F401,I001

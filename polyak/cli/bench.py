@@ -147,6 +147,8 @@ def tune_command(
     seeds: int = typer.Option(1, "--seeds", help="Seeds per grid point."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: cores)."),
+    max_extend: int = typer.Option(3, "--max-extend",
+                                   help="Grid points added past an edge that wins, at most."),
     store: str = typer.Option(DEFAULT_TUNE_STORE, "--store", help=STORE_HELP),
     out: str = typer.Option(None, "--out", help="JSON to merge the winners into "
                             "(default: the task's shipped tuned file)."),
@@ -158,6 +160,8 @@ def tune_command(
 
     for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
         _positive(name, value)
+    if max_extend < 0:
+        fail(f"Invalid max-extend: {max_extend} (allowed: an integer >= 0)")
     (the_task,) = _tasks(task)
     try:
         multipliers = [float(g) for g in grid.split(",") if g.strip()]
@@ -169,9 +173,9 @@ def tune_command(
     run_store = _open_store(store)
     command = shlex.join(["polyak", "tune", "--task", the_task.name, "--methods",
                           ",".join(specs), "--grid", grid, "--seeds", str(seeds),
-                          "--epochs", str(n_epochs)])
+                          "--epochs", str(n_epochs), "--max-extend", str(max_extend)])
     result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
-                  command=command, show_progress=progress)
+                  command=command, show_progress=progress, max_extend=max_extend)
     if result.path is None:
         typer.echo("polyak: interrupted; run the same command again to finish", err=True)
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 import typer
 from rich.console import Console
@@ -19,12 +20,16 @@ SECTIONS = (
     ("polyak.triggers", "triggers"),
     ("polyak.recipes", "recipes"),
     ("polyak.analysis", "analysis"),
+    ("polyak.bench.tasks", "tasks"),
 )
 
 
 def first_line(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """The first sentence of ``obj``'s docstring (its first paragraph, up to the first period)."""
+    paragraph = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    match = re.search(r"\.\s+(?=[A-Z])", text)
+    return text if match is None else text[: match.start() + 1]
 
 
 def catalogue() -> list[tuple[str, str, str]]:
@@ -47,12 +52,23 @@ def catalogue() -> list[tuple[str, str, str]]:
 
 
 @app.command("list")
-def list_command() -> None:
-    """List the optimizers, averages, schedules, triggers, recipes and tools polyak offers."""
+def list_command(
+    models: bool = typer.Option(
+        False, "--models", help="List the benchmark's networks with their parameter counts."),
+) -> None:
+    """List the optimizers, averages, schedules, triggers, recipes, tasks and tools of polyak."""
     table = Table(show_header=True, header_style="bold")
-    for column in ("kind", "name", "what it is"):
-        table.add_column(column)
-    for section, name, text in catalogue():
-        table.add_row(section, name, text)
+    if models:
+        from polyak.bench.models.catalog import model_table
+
+        for column in ("model", "parameters", "what it is"):
+            table.add_column(column, justify="right" if column == "parameters" else "left")
+        for name, params, text in model_table():
+            table.add_row(name, f"{params:,}", text)
+    else:
+        for column in ("kind", "name", "what it is"):
+            table.add_column(column)
+        for section, name, text in catalogue():
+            table.add_row(section, name, text)
     Console(width=max(100, Console().width)).print(table)
     raise typer.Exit(0)

@@ -36,5 +36,5 @@ class Splits:
 
 
 def cache_dir() -> Path:
-    """Where generated or converted datasets are cached: ``$POLYAK_CACHE`` or ``~/.cache/polyak``."""
+    """Where generated or converted datasets are cached: ``$POLYAK_CACHE``, ``~/.cache/polyak``."""
     return Path(os.environ.get("POLYAK_CACHE", Path.home() / ".cache" / "polyak"))

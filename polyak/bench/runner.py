@@ -1,0 +1,237 @@
+"""The benchmark grid: (task x method x seed) runs in worker processes, results in the store.
+
+Workers are ``spawn``-ed processes (safe with torch), each with ``torch.set_num_threads(1)``;
+they only train and return results. The parent is the one writer of the store: it marks a run
+``running`` when it hands it to a worker (at most ``workers`` in flight) and writes the finished
+run with all its metrics in one transaction, so an interrupted bench keeps every completed run
+and the next bench runs only the missing ones. An exception inside a run is recorded as
+``failed`` with its traceback (retried by the next bench) and never stops the grid; a
+non-finite loss is recorded as ``diverged``. With ``workers=1`` the runs execute in-process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import multiprocessing
+import os
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import polyak
+from polyak.bench.models import get_model
+from polyak.bench.store import FINAL, RunKey, Store
+from polyak.bench.tasks import Task
+from polyak.bench.train import RunResult, build_method, resolve_overrides, train_run
+
+__all__ = ["Job", "GridSummary", "plan_grid", "run_grid", "default_methods"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the grid."""
+
+    task: Task
+    spec: str
+    seed: int
+    epochs: int
+
+    @cached_property
+    def key(self) -> RunKey:
+        """The run's identity (computed once: the tuned lr it records cannot change under it)."""
+        config = {"task": self.task.config(), "overrides": resolve_overrides(self.task, self.spec)}
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        return RunKey(self.task.name, self.spec, self.seed, self.epochs, text)
+
+
+@dataclass
+class GridSummary:
+    """Counts of what a ``run_grid`` call did."""
+
+    total: int = 0
+    skipped: int = 0          # already complete or diverged in the store
+    complete: int = 0
+    diverged: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def executed(self) -> int:
+        return self.complete + self.diverged + self.failed
+
+
+def default_methods() -> tuple[list[str], list[tuple[str, str]]]:
+    """``polyak.recipes.PAPER_METHODS`` split into (available, [(unavailable, reason)])."""
+    recipes = polyak.recipes
+    ok, missing = [], []
+    for name in recipes.PAPER_METHODS:
+        available, reason = recipes.available(name)
+        if available:
+            ok.append(name)
+        else:
+            missing.append((name, reason))
+    return ok, missing
+
+
+def _check_spec(task: Task, spec: str, epochs: int) -> None:
+    """Build the recipe once on a fresh model: unknown names/keys/values raise here."""
+    splits = task.load()
+    model = get_model(task.model, **task.model_kwargs)
+    build_method(task, spec, model, epochs, math.ceil(len(splits.x_train) / task.batch_size))
+
+
+def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | None = None,
+              epochs: int | None = None) -> list[Job]:
+    """Every (task, method, seed) job, seed-major; ``None`` means the task's default.
+
+    ``methods=None`` means the available paper methods. Every spec is validated (and every
+    task's data generated) before anything runs, so bad input fails before the store is touched.
+    """
+    for name, value in (("seeds", seeds), ("epochs", epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"Invalid {name}: {value!r} (allowed: an integer >= 1)")
+    specs = default_methods()[0] if methods is None else list(dict.fromkeys(methods))
+    if not specs:
+        raise ValueError("No methods to run")
+    jobs = []
+    for task in tasks:
+        n_epochs = task.epochs if epochs is None else epochs
+        for spec in specs:
+            _check_spec(task, spec, n_epochs)
+        n_seeds = task.seeds if seeds is None else seeds
+        jobs += [Job(task, spec, seed, n_epochs) for seed in range(n_seeds) for spec in specs]
+    return jobs
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    torch.set_num_threads(1)
+
+
+def _work(job: Job) -> RunResult:
+    try:
+        return train_run(job.task, job.spec, job.seed, job.epochs)
+    except Exception as exc:  # a failing run must not stop the grid
+        text = "".join(traceback.format_exception(exc))
+        return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
+
+
+def _record(store: Store, job: Job, result: RunResult, summary: GridSummary) -> None:
+    if result.status == "failed":
+        store.fail(job.key, result.error or "failed")
+        summary.failed += 1
+        summary.errors.append(f"{job.spec} seed {job.seed}: {(result.error or '').splitlines()[0]}")
+        return
+    store.finish(job.key, result)
+    if result.status == "diverged":
+        summary.diverged += 1
+    else:
+        summary.complete += 1
+
+
+def _describe(job: Job, result: RunResult) -> str:
+    if result.status == "failed":
+        return f"[red]failed[/] {job.spec} seed {job.seed}"
+    last = result.records[-1] if result.records else {}
+    val, test = (100 * (last.get(k) or float("nan")) for k in ("val_acc", "test_acc"))
+    state = "[green]done[/]" if result.status == "complete" else "[yellow]diverged[/]"
+    return (f"{state} {job.task.name} {job.spec} seed {job.seed}: val acc {val:.2f}%, "
+            f"test acc {test:.2f}% ({result.wall_time:.1f} s)")
+
+
+def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
+             console: Console | None = None, show_progress: bool = True,
+             on_result: Callable[[Job, RunResult], None] | None = None) -> GridSummary:
+    """Run the ``jobs`` the store does not hold as complete/diverged; write each as it ends."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"Invalid workers: {workers!r} (allowed: an integer >= 1)")
+    summary = GridSummary(total=len(jobs))
+    store.plan([job.key for job in jobs])
+    todo = [job for job in jobs if store.status(job.key) not in FINAL]
+    summary.skipped = len(jobs) - len(todo)
+    console = console or Console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, disable=not show_progress)
+
+    def done(job: Job, result: RunResult) -> None:
+        _record(store, job, result, summary)
+        progress.console.print(_describe(job, result), highlight=False, soft_wrap=True)
+        progress.advance(bar)
+        if on_result is not None:
+            on_result(job, result)
+
+    with progress:
+        bar = progress.add_task(f"polyak bench ({min(workers, max(len(todo), 1))} workers)",
+                                total=len(jobs), completed=summary.skipped)
+        try:
+            if workers == 1 or len(todo) <= 1:
+                _run_inline(store, todo, done)
+            else:
+                _run_pool(store, todo, workers, done)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    return summary
+
+
+def _run_inline(store: Store, todo: list[Job], done: Callable[[Job, RunResult], None]) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in todo:
+            store.claim(job.key)
+            try:
+                result = _work(job)
+            except KeyboardInterrupt:
+                store.release([job.key])
+                raise
+            done(job, result)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
+    return cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                  mp_context=multiprocessing.get_context("spawn"))
+
+
+def _run_pool(store: Store, todo: list[Job], workers: int,
+              done: Callable[[Job, RunResult], None]) -> None:
+    workers = min(workers, len(todo))
+    pool, queue, running = _new_pool(workers), list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.pop(0)
+                store.claim(job.key)
+                running[pool.submit(_work, job)] = job
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for future in finished:
+                job = running.pop(future)
+                try:
+                    result = future.result()
+                except cf.process.BrokenProcessPool as exc:  # a worker died (killed, OOM...)
+                    result, broken = RunResult(status="failed", error=f"worker died: {exc}"), True
+                done(job, result)
+            if broken:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _new_pool(workers)
+    except BaseException:
+        store.release([job.key for job in running.values()])
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

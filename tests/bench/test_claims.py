@@ -1,0 +1,79 @@
+"""The paper-claims table: verdict logic and the reading of each claim's metric."""
+
+import math
+
+import pytest
+
+import polyak
+from polyak.bench.claims import CLAIMS, Claim, evaluate_claim, run_value, verdict
+from polyak.bench.stats import welch
+
+
+@pytest.mark.parametrize("low,high,expected", [
+    (0.1, 0.5, "supported"), (-0.5, -0.1, "contradicted"), (-0.1, 0.5, "inconclusive"),
+    (0.0, 0.5, "inconclusive"), (math.nan, math.nan, "inconclusive")])
+def test_better_verdicts(low, high, expected):
+    assert verdict(low, high, "better") == expected
+
+
+@pytest.mark.parametrize("low,high,expected", [
+    (-0.3, 0.4, "supported"), (-0.5, 0.5, "supported"), (0.6, 1.0, "contradicted"),
+    (-2.0, -0.7, "contradicted"), (-0.2, 0.9, "inconclusive"), (-1.0, 1.0, "inconclusive")])
+def test_matches_verdicts(low, high, expected):
+    assert verdict(low, high, "matches", margin=0.5) == expected
+
+
+def curve(test_accs, test_losses):
+    return [{"test_acc": a, "test_loss": l} for a, l in zip(test_accs, test_losses)]
+
+
+def test_accuracy_claim_uses_final_epoch_in_percent():
+    a = [curve([0.5, 0.95], [1, 1]), curve([0.5, 0.96], [1, 1]), curve([0.5, 0.97], [1, 1])]
+    b = [curve([0.9, 0.90], [1, 1]), curve([0.9, 0.91], [1, 1]), curve([0.9, 0.92], [1, 1])]
+    res = evaluate_claim(Claim("p", "A beats B", "a", "b"), {"a": a, "b": b}, epochs=2)
+    ref = welch([95.0, 96.0, 97.0], [90.0, 91.0, 92.0])
+    assert res.diff == pytest.approx(5.0) and res.low == pytest.approx(ref.low)
+    assert res.verdict == "supported" and (res.n_a, res.n_b) == (3, 3)
+    flipped = evaluate_claim(Claim("p", "B beats A", "b", "a"), {"a": a, "b": b}, epochs=2)
+    assert flipped.verdict == "contradicted" and flipped.diff == pytest.approx(-5.0)
+
+
+def test_early_loss_claim_is_oriented_so_lower_loss_is_a_gain():
+    # 10 epochs, at=0.2 -> epoch 2 (index 1): a has loss 0.5, b has loss 1.0 there
+    a = [curve([0.5] * 10, [2.0, 0.5 + s, *[9.0] * 8]) for s in (0.0, 0.01, 0.02)]
+    b = [curve([0.5] * 10, [2.0, 1.0 + s, *[0.1] * 8]) for s in (0.0, 0.01, 0.03)]
+    claim = Claim("p", "a falls faster", "a", "b", metric="test_loss", at=0.2)
+    res = evaluate_claim(claim, {"a": a, "b": b}, epochs=10)
+    ref = welch([1.0, 1.01, 1.03], [0.5, 0.51, 0.52])
+    assert res.diff == pytest.approx(ref.diff) and res.high == pytest.approx(ref.high)
+    assert res.verdict == "supported"
+    final = evaluate_claim(Claim("p", "x", "a", "b", metric="test_loss"), {"a": a, "b": b}, 10)
+    assert final.verdict == "contradicted"
+
+
+def test_run_value_of_a_run_that_stopped_early():
+    c = curve([0.1, 0.2, 0.3], [3, 2, 1])
+    assert run_value(c, epochs=10, metric="test_acc", at=1.0) == pytest.approx(30.0)
+    assert run_value(c, epochs=10, metric="test_loss", at=0.1) == 3
+    assert run_value(c, epochs=10, metric="test_loss", at=0.2) == 2
+
+
+def test_missing_method_is_not_run():
+    res = evaluate_claim(Claim("p", "t", "a", "b"), {"a": [curve([1], [1])]}, epochs=1)
+    assert res.verdict == "not run" and res.n_b == 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"metric": "train_acc"}, "metric"), ({"direction": "worse"}, "direction"),
+    ({"direction": "matches"}, "margin"), ({"at": 0.0}, "at"), ({"margin": -1.0}, "margin")])
+def test_invalid_claims(kwargs, match):
+    with pytest.raises(ValueError, match=f"Invalid {match}"):
+        Claim("p", "t", "a", "b", **kwargs)
+
+
+def test_every_claim_names_recipes():
+    names = set(polyak.recipes.names())
+    for claim in CLAIMS:
+        assert claim.a in names and claim.b in names, claim
+    papers = {c.paper for c in CLAIMS}
+    assert len(papers) == 5

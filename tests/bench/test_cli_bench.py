@@ -1,0 +1,122 @@
+"""``polyak bench | report | tune``: exit codes, one-line errors, files left untouched."""
+
+import json
+import sqlite3
+
+import pytest
+
+import polyak.cli.bench  # noqa: F401  (registers the commands until polyak.cli imports it)
+from polyak.bench.store import SCHEMA_VERSION, Store
+from polyak.bench.tasks import TASKS
+from polyak.cli import main
+from polyak.cli.bench import split_specs
+
+
+@pytest.fixture
+def tiny(tiny_task, monkeypatch):
+    task = tiny_task.replace(name="tiny")
+    monkeypatch.setitem(TASKS, "tiny", task)
+    return task
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def assert_one_line_error(code, err, needle):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("polyak: error:") and needle in lines[0], err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "imagenet"], "Unknown task"),
+    (["--methods", "sgdm,no-such-method"], "no-such-method"),
+    (["--methods", "sgdm:bogus_key=1"], "bogus_key"),
+    (["--seeds", "0"], "Invalid seeds"),
+    (["--epochs", "-1"], "Invalid epochs"),
+    (["--workers", "0"], "Invalid workers"),
+])
+def test_bad_bench_input(capsys, tmp_path, tiny, args, needle):
+    store = tmp_path / "runs.sqlite"
+    base = ["--tasks", "tiny"] if "--tasks" not in args else []
+    code, _, err = run(capsys, "bench", *base, *args, "--store", str(store), "--no-progress")
+    assert_one_line_error(code, err, needle)
+    assert not store.exists()  # nothing written
+
+
+def test_corrupt_store_is_refused_and_untouched(capsys, tmp_path, tiny):
+    store = tmp_path / "runs.sqlite"
+    store.write_bytes(b"\x00garbage" * 500)
+    for command in (["bench", "--tasks", "tiny", "--methods", "sgd"], ["report"]):
+        code, _, err = run(capsys, *command, "--store", str(store))
+        assert_one_line_error(code, err, "not a polyak run store")
+        assert store.read_bytes() == b"\x00garbage" * 500
+
+
+def test_store_of_another_version_is_refused(capsys, tmp_path, tiny):
+    store = tmp_path / "runs.sqlite"
+    Store(store).close()
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 7,))
+    before = store.read_bytes()
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "sgd", "--store",
+                       str(store))
+    assert_one_line_error(code, err, "schema version")
+    assert store.read_bytes() == before
+
+
+def test_unwritable_store_location(capsys, tmp_path, tiny):
+    store = tmp_path / "no-such-dir" / "runs.sqlite"
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "sgd", "--store",
+                       str(store))
+    assert_one_line_error(code, err, "not a writable directory")
+
+
+def test_report_without_store(capsys, tmp_path):
+    code, _, err = run(capsys, "report", "--store", str(tmp_path / "none.sqlite"))
+    assert_one_line_error(code, err, "No run store")
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_bench_then_rerun_then_report(capsys, tmp_path, tiny):
+    store, out = tmp_path / "runs.sqlite", tmp_path / "report"
+    args = ["bench", "--tasks", "tiny", "--methods", "sgd,sgdm", "--seeds", "2",
+            "--epochs", "1", "--workers", "1", "--store", str(store), "--out", str(out),
+            "--no-progress"]
+    code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    assert "| sgdm |" in stdout and "Paper claims" in stdout
+    assert "4 run(s) executed, 0 already" in err
+    assert (out / "report.md").exists() and (out / "tiny-test-error.png").exists()
+    code, _, err = run(capsys, *args)
+    assert code == 0 and "0 run(s) executed, 4 already" in err
+    code, stdout, err = run(capsys, "report", "--tasks", "tiny", "--epochs", "1", "--store",
+                            str(store), "--out", str(out))
+    assert code == 0, err
+    assert "| sgd |" in stdout and "2 |" in stdout
+
+
+def test_tune_writes_the_json(capsys, tmp_path, tiny):
+    out = tmp_path / "tuned.json"
+    code, stdout, err = run(capsys, "tune", "--task", "tiny", "--methods", "sgd", "--grid",
+                            "0.1,1", "--epochs", "1", "--workers", "1", "--store",
+                            str(tmp_path / "t.sqlite"), "--out", str(out), "--no-progress")
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert set(data["lr"]) == {"sgd"} and data["commands"][0].startswith("polyak tune")
+    assert "sgd: lr" in stdout
+
+
+def test_tune_bad_grid(capsys, tmp_path, tiny):
+    code, _, err = run(capsys, "tune", "--task", "tiny", "--grid", "0.1,abc", "--store",
+                       str(tmp_path / "t.sqlite"))
+    assert_one_line_error(code, err, "Invalid grid")
+
+
+def test_split_specs_keeps_overrides_together():
+    assert split_specs("sgdm, gadamx:lr=0.05,avg_start=20,swa") == [
+        "sgdm", "gadamx:lr=0.05,avg_start=20", "swa"]

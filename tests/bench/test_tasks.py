@@ -1,0 +1,64 @@
+"""Task registry, task variants and the shipped tuned learning rates."""
+
+import json
+
+import pytest
+
+import polyak
+from polyak.bench.tasks import TASKS, TUNED_DIR, Task, describe, get_task
+
+
+def test_registry_names_and_descriptions():
+    assert {"mnist1d-cnn", "mnist1d-mlp"} <= set(TASKS)
+    assert dict(describe()).keys() == TASKS.keys()
+    cnn = get_task("mnist1d-cnn")
+    assert cnn.model == "mnist1d-cnn" and cnn.model_kwargs["batchnorm"] is True
+    assert cnn.seeds == 3 and cnn.epochs >= 1 and cnn.batch_size >= 1
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        get_task("imagenet")
+    assert "imagenet" in str(info.value) and "mnist1d-cnn" in str(info.value)
+
+
+def test_variant_has_a_different_config(tiny_task):
+    base = get_task("mnist1d-cnn")
+    assert tiny_task.name == base.name and tiny_task.config() != base.config()
+    assert base.config() == get_task("mnist1d-cnn").replace().config()
+    json.dumps(tiny_task.config())  # serialisable: it is part of the run identity
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("seeds", 1.5)])
+def test_invalid_fields(field, value):
+    with pytest.raises(ValueError, match=f"Invalid {field}"):
+        get_task("mnist1d-cnn").replace(**{field: value})
+
+
+def test_tuned_lrs_are_read_from_the_json(tmp_path):
+    path = tmp_path / "t.json"
+    task = get_task("mnist1d-cnn").replace(tuned_path=path)
+    assert task.tuned_lrs() == {}
+    path.write_text(json.dumps({"lr": {"sgdm": 0.05, "gadamx": "0.1"}}))
+    assert task.tuned_lrs() == {"sgdm": 0.05, "gadamx": 0.1}
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="Invalid tuned learning-rate file"):
+        task.tuned_lrs()
+
+
+def test_shipped_tuned_files_name_real_recipes():
+    names = set(polyak.recipes.names())
+    for task in TASKS.values():
+        path = task.tuned_file()
+        assert path.parent == TUNED_DIR
+        if path.exists():
+            data = json.loads(path.read_text())
+            assert data["task"] == task.name and data["commands"]
+            assert set(data["lr"]) <= names
+            assert all(lr > 0 for lr in data["lr"].values())
+
+
+def test_task_is_frozen():
+    with pytest.raises(AttributeError):
+        get_task("mnist1d-cnn").epochs = 3
+    assert isinstance(get_task("mnist1d-mlp"), Task)

@@ -1,0 +1,99 @@
+"""The training loop of one run: determinism, bookkeeping against a hand-written loop."""
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from polyak.bench.models.mnist1d import CNN
+from polyak.bench.train import Batches, evaluate, resolve_overrides, train_run
+
+
+def strip_time(records):
+    return [{k: v for k, v in r.items() if k != "time"} for r in records]
+
+
+def test_run_is_reproducible_bit_for_bit(tiny_task):
+    a = train_run(tiny_task, "swa", seed=3, epochs=4)
+    b = train_run(tiny_task, "swa", seed=3, epochs=4)
+    assert a.status == b.status == "complete" and len(a.records) == 4
+    assert strip_time(a.records) == strip_time(b.records)  # exact float equality
+    c = train_run(tiny_task, "swa", seed=4, epochs=4)
+    assert strip_time(c.records) != strip_time(a.records)
+
+
+def _reference_epochs(task, seed, epochs):
+    """A hand-written loop for SGD at lr 0: weights stay at their seeded initial values and
+    only the BatchNorm running statistics move, one update per training batch."""
+    splits = task.load()
+    torch.manual_seed(seed)
+    model = CNN(**task.model_kwargs)
+    order_gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(splits.x_train), generator=order_gen)
+        loss_sum, correct = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(order), task.batch_size):
+                idx = order[start:start + task.batch_size]
+                out = model(splits.x_train[idx])
+                loss_sum += F.cross_entropy(out, splits.y_train[idx], reduction="sum").item()
+                correct += int((out.argmax(1) == splits.y_train[idx]).sum())
+        model.eval()
+        with torch.no_grad():
+            logp = torch.log_softmax(model(splits.x_test), dim=1)
+            nll = [-logp[i, splits.y_test[i]].item() for i in range(len(splits.y_test))]
+            acc = (logp.argmax(1) == splits.y_test).float().mean().item()
+        rows.append({"train_loss": loss_sum / len(order), "train_acc": correct / len(order),
+                     "test_loss": sum(nll) / len(nll), "test_acc": acc})
+    return rows
+
+
+def test_loop_bookkeeping_matches_a_hand_written_loop(tiny_task):
+    result = train_run(tiny_task, "sgd:lr=0", seed=5)
+    reference = _reference_epochs(tiny_task, seed=5, epochs=tiny_task.epochs)
+    assert len(result.records) == tiny_task.epochs
+    for got, want in zip(result.records, reference):
+        for key, value in want.items():
+            assert abs(got[key] - value) < 1e-5, (key, got[key], value)
+        assert got["lr"] == 0.0
+    assert [r["epoch"] for r in result.records] == [0, 1]
+    assert all(b["time"] > a["time"] >= 0 for a, b in zip(result.records, result.records[1:]))
+
+
+def test_evaluate_against_per_example_nll():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+    x, y = torch.randn(53, 1, 40), torch.randint(0, 10, (53,))
+    loss, acc = evaluate(model, x, y, batch_size=10)
+    with torch.no_grad():
+        out = model(x)
+    nll = sum(-torch.log_softmax(out[i], 0)[y[i]].item() for i in range(53)) / 53
+    correct = sum(int(out[i].argmax() == y[i]) for i in range(53))
+    assert abs(loss - nll) < 1e-6 and acc == correct / 53
+
+
+def test_batches_cover_the_data_in_order():
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    batches = Batches(x, y, 4)
+    assert len(batches) == 3
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_tuned_lr_is_applied_unless_the_spec_sets_lr(tiny_task, tmp_path):
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"lr": {"sgd": 0.05}}))
+    task = tiny_task.replace(tuned_path=path)
+    assert resolve_overrides(task, "sgd") == {"lr": 0.05}
+    assert resolve_overrides(task, "sgd:lr=0.2") == {}
+    assert resolve_overrides(task, "sgd:weight_decay=0,lr=0.2") == {}
+    assert resolve_overrides(task, "sgdm") == {}
+    assert train_run(task, "sgd", seed=0, epochs=1).records[0]["lr"] == 0.05
+    assert train_run(task, "sgd:lr=0.2", seed=0, epochs=1).records[0]["lr"] == 0.2
+
+
+def test_divergence_is_reported_not_raised(tiny_mlp_task):
+    result = train_run(tiny_mlp_task, "sgd:lr=1e30", seed=0)
+    assert result.status == "diverged" and "non-finite" in result.error
