@@ -26,3 +26,16 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_single_run_has_an_empty_band():
     assert error_curves([[{"test_acc": 0.75}]]) == ([1], [25.0], [25.0], [25.0])
+
+
+def test_panels_group_each_paper_with_its_baselines_and_keep_the_rest():
+    from polyak.bench.plots import PANELS, panels
+
+    chosen = panels(["sgdm", "pwa", "my-method+ema"])
+    assert chosen["PWA (Kobayashi)"] == ["sgdm", "pwa"]
+    assert chosen["other"] == ["my-method+ema"]
+    assert all(members for members in chosen.values())
+    from polyak.recipes import PAPER_METHODS
+
+    placed = {m for members in PANELS.values() for m in members}
+    assert set(PAPER_METHODS) <= placed
