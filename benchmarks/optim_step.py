@@ -32,6 +32,7 @@ from polyak.optim import AdaBound, Lookahead, Padam
 REFERENCE = "torch AdamW foreach"
 TARGETS = {  # name -> largest allowed ratio to the reference
     "Padam(partial=0.5)": 1.1,
+    "Padam(partial=0.5, fused)": 0.3,  # torch's fused AdamW: ~0.17
     "Padam(partial=1/8, amsgrad)": 1.5,
 }
 
@@ -68,6 +69,7 @@ def candidates() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimiz
         "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=wd,
                                                           fused=True),
         "Padam(partial=0.5)": lambda ps: Padam(ps, lr=1e-3, weight_decay=wd),
+        "Padam(partial=0.5, fused)": lambda ps: Padam(ps, lr=1e-3, weight_decay=wd, fused=True),
         "Padam(partial=1/8, amsgrad)": lambda ps: Padam(ps, lr=1e-1, weight_decay=wd,
                                                          partial=1 / 8, amsgrad=True),
         "AdaBound": lambda ps: AdaBound(ps, lr=1e-3, weight_decay=5e-4),

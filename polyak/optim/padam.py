@@ -15,11 +15,23 @@ Where the code departs from Algorithm 1: ``eps`` is added to ``sqrt(v)`` before 
 ``sqrt(bc2)/bc1`` for every ``partial`` (for small ``partial`` the first steps are small: a
 built-in warm-up that GadamX's published lr of 0.1 relies on). ``partial=0.5`` is AdamW/Adam
 with torch's ``eps`` scaled by ``1/sqrt(bc2)``; ``partial -> 0`` is bias-corrected momentum.
+
+``fused=True`` (``partial=0.5`` only) runs torch's own fused Adam kernels, ``torch._fused_adamw_``
+(decoupled) or ``torch._fused_adam_`` (coupled L2), which compute
+``p <- p - (lr/bc1) * m / (sqrt(v_used)/sqrt(bc2) + eps_k)`` with the same weight decay, moments
+and raw-v AMSGrad maximum as above. Passing ``eps_k = eps/sqrt(bc2)`` gives Padam's rule:
+
+    (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps/sqrt(bc2)) = lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps)
+
+``eps_k`` depends on the step ``t``, so the kernel runs once per (device, dtype, step) group
+(normally one per device and dtype). Same values as the other paths up to rounding (the kernel
+orders the arithmetic differently); the same state, so checkpoints move between the paths.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,6 +64,49 @@ def _validate(group: dict[str, Any]) -> None:
     partial = group["partial"]
     check("partial", partial, is_real(partial) and 0 < partial <= 0.5, "0 < partial <= 0.5")
     check_foreach(group["foreach"])
+    fused = group["fused"]
+    check("fused", fused, fused is None or isinstance(fused, bool), "None, True, False")
+    if fused:
+        check("partial", partial, partial == 0.5,
+              "0.5 with fused=True: torch's fused Adam kernels have no power 2*partial")
+        check("fused", fused, not group["foreach"], "fused=True with foreach=None or False")
+
+
+def _fused_devices() -> list[str]:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return list(_get_fused_kernels_supported_devices())
+    except ImportError:  # pragma: no cover - very old or very new torch
+        return ["cpu", "cuda"]
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill ``numel()`` consecutive slots in some dim
+    order. Strides of size-1 dims do not matter (autograd may set them differently)."""
+    expected = 1
+    for size, stride in sorted((x for x in zip(t.shape, t.stride()) if x[0] != 1),
+                               key=lambda x: x[1]):
+        if stride != expected:
+            return t.numel() == 0
+        expected *= size
+    return True
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    """Same strides: the fused kernels index param, grad and state linearly (and CUDA's checks
+    that the strides are equal, even those of size-1 dims)."""
+    return a.stride() == b.stride()
+
+
+def _check_fused(p: Tensor) -> None:
+    devices = _fused_devices()
+    if p.device.type not in devices or not p.is_floating_point():
+        raise ValueError(f"Padam(fused=True) needs floating-point parameters on a device with "
+                         f"fused Adam kernels ({', '.join(devices)}); got {p.dtype} on {p.device}")
+    if not _is_dense(p):
+        raise ValueError(f"Padam(fused=True) needs parameters dense in memory (not a strided "
+                         f"view); got shape {tuple(p.shape)}, strides {p.stride()}")
 
 
 class Padam(Optimizer):
@@ -59,8 +114,18 @@ class Padam(Optimizer):
     ``decoupled_weight_decay=False``), ``partial=1/8, amsgrad=True`` is GadamX's base optimizer.
     See the module docstring for the rule.
 
-    State per parameter: ``step`` (float tensor, as torch.optim), ``exp_avg``, ``exp_avg_sq``
-    and, with ``amsgrad``, ``max_exp_avg_sq``. A parameter whose ``.grad`` is None is skipped.
+    Kernels: ``foreach=None`` (default) picks the multi-tensor ``torch._foreach_*`` path where
+    every tensor allows it, else the single-tensor one (both give identical bits).
+    ``fused=True`` (opt-in, ``partial=0.5`` only, not with ``foreach=True``) runs torch's fused
+    Adam(W) kernel - on CPU about 5x faster than foreach - with floating-point parameters, dense in
+    memory, on a device torch has fused kernels for; equal to the other paths up to rounding.
+    ``fused=None`` is not fused (as in torch.optim).
+
+    State per parameter: ``step`` (CPU float32 tensor, as torch.optim's non-fused paths),
+    ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``; the same for every
+    path. ``load_state_dict`` takes the hyper-parameters from the checkpoint but keeps this
+    instance's ``foreach`` and ``fused`` (they choose kernels, not the rule), so a checkpoint
+    moves between fused and foreach instances. A parameter whose ``.grad`` is None is skipped.
     """
 
     def __init__(
@@ -74,17 +139,43 @@ class Padam(Optimizer):
         amsgrad: bool = False,
         decoupled_weight_decay: bool = True,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, partial=partial,
                         amsgrad=bool(amsgrad), decoupled_weight_decay=bool(decoupled_weight_decay),
-                        foreach=foreach)
+                        foreach=foreach, fused=fused)
         _validate(defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         _validate({**self.defaults, **param_group})
         super().add_param_group(param_group)
-        check_params(self.param_groups[-1]["params"], "Padam")
+        group = self.param_groups[-1]
+        check_params(group["params"], "Padam")
+        if group["fused"]:
+            for p in group["params"]:
+                _check_fused(p)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore state and hyper-parameters; ``foreach`` and ``fused`` stay this instance's."""
+        modes = [(group["foreach"], group["fused"]) for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (foreach, fused) in zip(self.param_groups, modes):
+            group["foreach"], group["fused"] = foreach, fused
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)  # checkpoints and pickles from before fused
+        for p, s in self.state.items():
+            step = s.get("step")
+            if isinstance(step, Tensor) and (not step.is_cpu or step.dtype != torch.float32):
+                s["step"] = step.to("cpu", torch.float32)  # torch moves it to p's device if fused
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                v = s.get(key)
+                if isinstance(p, Tensor) and v is not None and _is_dense(p) \
+                        and not _same_layout(p, v):
+                    s[key] = torch.empty_like(p).copy_(v)  # p's memory order, for fused
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
@@ -94,6 +185,8 @@ class Padam(Optimizer):
             check_dense(p.grad, "Padam")
             state = self.state[p]
             if len(state) == 0:
+                if group["fused"]:
+                    _check_fused(p)
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -121,11 +214,16 @@ class Padam(Optimizer):
             if not tensors[0]:
                 continue
             beta1, beta2 = group["betas"]
+            kwargs = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                          weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
+                          decoupled=group["decoupled_weight_decay"])
+            if group["fused"]:
+                check("partial", group["partial"], group["partial"] == 0.5, "0.5 with fused=True")
+                _fused_padam(*tensors, **kwargs)
+                continue
             fn = _multi_tensor_padam if use_foreach(group["foreach"], tensors[0]) \
                 else _single_tensor_padam
-            fn(*tensors, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-               weight_decay=group["weight_decay"], partial=group["partial"],
-               amsgrad=group["amsgrad"], decoupled=group["decoupled_weight_decay"])
+            fn(*tensors, partial=group["partial"], **kwargs)
         return loss
 
 
@@ -188,3 +286,46 @@ def _multi_tensor_padam(
         power_(denom, 2 * partial, foreach=True)
         step_sizes = [-_step_size(lr, beta1, beta2, s.item()) for s in steps_]
         torch._foreach_addcdiv_(p_, m_, denom, step_sizes)
+
+
+def _grads_like_params(params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """The grads, each with its parameter's strides (autograd's normally have them; a grad set
+    by hand may not, and the fused kernels index both linearly): copies where needed."""
+    out = grads
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if not _same_layout(p, g):
+            out = list(grads) if out is grads else out
+            out[i] = torch.empty_like(p).copy_(g)
+    return out
+
+
+def _by_step(lists: list[list[Any]]) -> list[tuple[float, list[list[Any]]]]:
+    """Split parallel lists (the step tensors last) by step value: ``[(t, lists_t), ...]``.
+    The steps are CPU tensors, so reading them does not synchronise a device."""
+    values = [s.item() for s in lists[-1]]
+    if all(t == values[0] for t in values):  # the usual case: one group
+        return [(values[0], lists)]
+    index: dict[float, list[int]] = defaultdict(list)
+    for i, t in enumerate(values):
+        index[t].append(i)
+    return [(t, [[xs[i] for i in ids] if xs else xs for xs in lists]) for t, ids in index.items()]
+
+
+def _fused_padam(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor], steps: list[Tensor], *, lr: float, beta1: float,
+    beta2: float, eps: float, weight_decay: float, amsgrad: bool, decoupled: bool,
+) -> None:
+    """partial=0.5 with torch's fused Adam(W) kernel and ``eps/sqrt(1 - b2^t)`` for eps (module
+    docstring). The kernel reads ``t`` from a float32 tensor on the parameters' device: the
+    CPU steps themselves on CPU, one device scalar per call elsewhere (a fill, no copy)."""
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps]
+    for device_lists in by_device_and_dtype(lists):
+        increment_steps(device_lists[-1])
+        for t, (p_, g_, m_, v_, vmax_, steps_) in _by_step(device_lists):
+            if not p_[0].is_cpu:
+                steps_ = [torch.full((), t, dtype=torch.float32, device=p_[0].device)] * len(p_)
+            kernel(p_, _grads_like_params(p_, g_), m_, v_, vmax_, steps_, lr=lr, beta1=beta1,
+                   beta2=beta2, weight_decay=weight_decay, eps=eps / math.sqrt(1.0 - beta2**t),
+                   amsgrad=amsgrad, maximize=False)
