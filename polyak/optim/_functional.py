@@ -6,7 +6,7 @@ Private: nothing here is part of the public API.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
@@ -139,3 +139,34 @@ def increment_steps(steps: list[Tensor]) -> None:
         torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
     else:
         torch._foreach_add_(steps, 1.0)
+
+
+def gather_adam_state(
+    optimizer: Optimizer, group: dict[str, Any], name: str, max_key: str,
+    on_new_state: Callable[[Tensor], None] | None = None,
+) -> tuple[list[Tensor], ...]:
+    """Params with a gradient and their Adam-style state (created lazily, as torch does):
+    ``(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)``; ``group[max_key]``
+    (``"amsgrad"``/``"amsbound"``) adds the running maximum of the second moment."""
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        check_dense(p.grad, name)
+        state = optimizer.state[p]
+        if len(state) == 0:
+            if on_new_state is not None:
+                on_new_state(p)
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group[max_key]:
+            if "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+        params.append(p)
+        grads.append(p.grad)
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        steps.append(state["step"])
+    return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps

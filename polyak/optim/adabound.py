@@ -27,11 +27,11 @@ from torch.optim import Optimizer
 from polyak.optim._functional import (
     by_device_and_dtype,
     check_betas,
-    check_dense,
     check_foreach,
     check_nonneg,
     check_params,
     check_positive,
+    gather_adam_state,
     increment_steps,
     use_foreach,
 )
@@ -81,27 +81,7 @@ class AdaBound(Optimizer):
         check_params(group["params"], "AdaBound")
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            check_dense(p.grad, "AdaBound")
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["amsbound"]:
-                if "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        return gather_adam_state(self, group, "AdaBound", "amsbound")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

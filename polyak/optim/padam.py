@@ -43,10 +43,10 @@ from polyak.optim._functional import (
     by_device_and_dtype,
     check,
     check_betas,
-    check_dense,
     check_foreach,
     check_nonneg,
     check_params,
+    gather_adam_state,
     increment_steps,
     is_real,
     power_,
@@ -178,29 +178,8 @@ class Padam(Optimizer):
                     s[key] = torch.empty_like(p).copy_(v)  # p's memory order, for fused
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            check_dense(p.grad, "Padam")
-            state = self.state[p]
-            if len(state) == 0:
-                if group["fused"]:
-                    _check_fused(p)
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["amsgrad"]:
-                if "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        return gather_adam_state(self, group, "Padam", "amsgrad",
+                                 _check_fused if group["fused"] else None)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
