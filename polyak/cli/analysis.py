@@ -86,20 +86,20 @@ def nqm_command(
     typer.echo(f"wrote {plot_nqm(results, out, steps_per_epoch=steps_per_epoch)}")
 
 
-def _load_checkpoint(model, path: Path) -> None:
-    import torch
+def _load_checkpoint(model, path: Path) -> float | None:
+    """Load a checkpoint (``weights_only=True``) into ``model``; returns its learning rate."""
+    from polyak.bench.checkpoints import load_checkpoint
 
-    if not path.is_file():
-        raise FileNotFoundError(f"Invalid checkpoint: {path} is not a file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict", "model_state_dict"):
+    data = load_checkpoint(path)
+    state = data["model"]
+    for key in ("state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-            break
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise UserError(f"Invalid checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    return data.get("lr")
 
 
 def _task(name: str):
@@ -131,6 +131,9 @@ def _data_and_model(spec, seed: int):
 def stability_command(
     task: Annotated[str, Opt(help="Benchmark task name (see `polyak list`).")],
     checkpoint: Annotated[Path | None, Opt(help="Model state dict (torch.save) to load.")] = None,
+    checkpoints: Annotated[Path | None, Opt(
+        help="A run's checkpoint directory (polyak bench --keep-checkpoints): the model at "
+             "initialization and at every kept epoch.")] = None,
     batches: Annotated[int, Opt(help="Training batches in the full-batch loss.")] = 4,
     batch_size: Annotated[int, Opt(help="Examples per batch.")] = 128,
     beta: Annotated[float, Opt(help="Momentum for the heavy-ball bound.")] = 0.9,
@@ -145,18 +148,33 @@ def stability_command(
 
     _positive_int("batches", batches)
     _positive_int("batch-size", batch_size)
-    splits, model = _data_and_model(_task(task), seed)
+    if checkpoint is not None and checkpoints is not None:
+        raise UserError("Give --checkpoint or --checkpoints, not both")
+    points: list[tuple[str, Path | None]] = [("init", None)]
     if checkpoint is not None:
-        _load_checkpoint(model, checkpoint)
-    model.train()
+        points = [(checkpoint.name, checkpoint)]
+    elif checkpoints is not None:
+        from polyak.bench.checkpoints import list_checkpoints
+
+        points += [(p.stem, p) for p in list_checkpoints(checkpoints)]
+    splits, model = _data_and_model(_task(task), seed)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     n = min(batches * batch_size, len(splits.x_train))
     data = [(splits.x_train[i:i + batch_size], splits.y_train[i:i + batch_size])
             for i in range(0, n, batch_size)]
-    result = top_hessian_eigenvalue(model, F.cross_entropy, data, tol=tol, max_iter=max_iter,
-                                    seed=seed)
-    state = "converged" if result.converged else "NOT converged"
-    typer.echo(f"lambda_max: {result.lambda_max:.6g} ({state} in {result.iterations} "
-               f"iterations, residual {result.residual:.3g})")
-    typer.echo(f"gradient descent stable below 2/lambda_max: {result.gd_bound:.6g}")
-    typer.echo(f"heavy ball (beta={beta:g}) stable below 2(1+beta)/lambda_max: "
-               f"{result.heavy_ball_bound(beta):.6g}")
+    table = Table(show_header=True, header_style="bold")
+    for column in ("weights", "lambda_max", "iterations", "2/lambda (GD)",
+                   f"2(1+{beta:g})/lambda (heavy ball)", "lr of the run", "lr x lambda/2"):
+        table.add_column(column, justify="left" if column == "weights" else "right")
+    for label, path in points:
+        model.load_state_dict(initial)
+        lr = _load_checkpoint(model, path) if path is not None else None
+        model.train()
+        res = top_hessian_eigenvalue(model, F.cross_entropy, data, tol=tol, max_iter=max_iter,
+                                     seed=seed)
+        iters = f"{res.iterations}" + ("" if res.converged else " (not converged)")
+        table.add_row(label, f"{res.lambda_max:.5g}", iters, f"{res.gd_bound:.5g}",
+                      f"{res.heavy_ball_bound(beta):.5g}",
+                      "" if lr is None else f"{lr:.4g}",
+                      "" if lr is None else f"{lr / res.gd_bound:.3g}")
+    Console(width=120).print(table)

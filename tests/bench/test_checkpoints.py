@@ -1,0 +1,104 @@
+"""Run checkpoints for the analysis tools, and `polyak stability` over them."""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from polyak.bench import checkpoints as ck
+from polyak.bench.models import get_model
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("epochs=0,3", {0, 3}), ("every=2", {0, 1, 3, 4}), ("all", {0, 1, 2, 3, 4}),
+])
+def test_keep_epochs_parse_and_choice(text, kept):
+    keep = ck.KeepEpochs.parse(text)
+    assert {e for e in range(5) if keep.wants(e, 5)} == kept
+
+
+@pytest.mark.parametrize("text", ["epochs=", "epochs=-1", "every=0", "every=x", "some", ""])
+def test_keep_epochs_rejects_bad_specs(text):
+    with pytest.raises(ValueError, match="keep-checkpoints"):
+        ck.KeepEpochs.parse(text)
+
+
+def test_save_load_round_trip_is_atomic_and_weights_only(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model(torch.randn(8, 3))  # non-trivial BN buffers
+    directory = ck.checkpoint_dir(tmp_path, "task", "gadamx:lr=0.1", 2)
+    for epoch in (10, 2):
+        ck.save_checkpoint(directory, model, epoch=epoch, lr=0.05, meta={"method": "gadamx"})
+    assert [p.name for p in ck.list_checkpoints(directory)] == ["epoch2.pt", "epoch10.pt"]
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+    data = ck.load_checkpoint(directory / "epoch10.pt")
+    assert data["epoch"] == 10 and data["lr"] == 0.05 and data["method"] == "gadamx"
+    for key, value in model.state_dict().items():
+        assert torch.equal(data["model"][key], value)
+
+
+def test_unreadable_or_unsafe_checkpoints_are_refused(tmp_path):
+    truncated = tmp_path / "epoch0.pt"
+    torch.save({"model": {"w": torch.ones(100)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    with pytest.raises(ValueError, match="Cannot read checkpoint"):
+        ck.load_checkpoint(truncated)
+    unsafe = tmp_path / "epoch1.pt"
+    torch.save({"model": {}, "obj": ck.KeepEpochs(every=1)}, unsafe)  # needs unpickling code
+    with pytest.raises(ValueError, match="Cannot read checkpoint"):
+        ck.load_checkpoint(unsafe)
+    with pytest.raises(FileNotFoundError):
+        ck.list_checkpoints(tmp_path / "missing")
+
+
+def _explicit_lambda_max(model, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+    def loss(theta):
+        params, i = {}, 0
+        for name, shape in zip(names, shapes):
+            params[name] = theta[i:i + shape.numel()].reshape(shape)
+            i += shape.numel()
+        return nn.functional.cross_entropy(functional_call(model, params, (x.double(),)), y)
+
+    model.double()
+    try:
+        hessian = torch.autograd.functional.hessian(loss, flat)
+    finally:
+        model.float()
+    return torch.linalg.eigvalsh(hessian)[-1].item()
+
+
+def test_stability_over_a_runs_checkpoints(tmp_path, tiny_mlp_task, monkeypatch, capsys):
+    import polyak.bench.tasks as tasks
+    import polyak.cli.analysis  # noqa: F401  (registers the command)
+    from polyak.cli import main
+
+    task = tiny_mlp_task.replace(model_kwargs={"hidden": 8})
+    monkeypatch.setattr(tasks, "get_task", lambda name: task)
+    torch.manual_seed(0)
+    model = get_model(task.model, **task.model_kwargs)
+    ck.save_checkpoint(tmp_path, model, epoch=0, lr=0.5, meta={})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.7)
+    ck.save_checkpoint(tmp_path, model, epoch=3, lr=0.5, meta={})
+    splits = task.load()
+    x, y = splits.x_train[:64], splits.y_train[:64]
+    expected = _explicit_lambda_max(model, x, y)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["stability", "--task", "t", "--checkpoints", str(tmp_path), "--batches", "1",
+              "--batch-size", "64", "--tol", "1e-7", "--max-iter", "500"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    rows = {m.group(1): float(m.group(2))
+            for m in re.finditer(r"│ (init|epoch\d+)\s+│\s+([0-9.e+-]+)", out)}
+    assert set(rows) == {"init", "epoch0", "epoch3"}
+    assert rows["init"] == rows["epoch0"]  # epoch-0 checkpoint = the seeded initial model
+    assert rows["epoch3"] == pytest.approx(expected, rel=1e-3)
+    assert f"{0.5 * expected / 2:.3g}" in out  # lr x lambda/2 of the checkpointed lr
