@@ -7,13 +7,13 @@ run with all its metrics in one transaction, so an interrupted bench keeps every
 and the next bench runs only the missing ones. An exception inside a run is recorded as
 ``failed`` with its traceback (retried by the next bench) and never stops the grid; a
 non-finite loss is recorded as ``diverged``. With ``workers=1`` the runs execute in-process.
+Runs on CUDA (``task.device``) default to one worker: one run at a time on the one GPU.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import math
 import multiprocessing
 import os
 import signal
@@ -27,10 +27,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import polyak
-from polyak.bench.models import get_model
 from polyak.bench.store import FINAL, RunKey, Store
 from polyak.bench.tasks import Task
-from polyak.bench.train import RunResult, build_method, resolve_overrides, train_run
+from polyak.bench.train import (
+    RunResult,
+    build_method,
+    make_model,
+    resolve_overrides,
+    steps_per_epoch,
+    train_run,
+)
 
 __all__ = ["Job", "GridSummary", "plan_grid", "run_grid", "default_methods"]
 
@@ -85,8 +91,7 @@ def default_methods() -> tuple[list[str], list[tuple[str, str]]]:
 def _check_spec(task: Task, spec: str, epochs: int) -> None:
     """Build the recipe once on a fresh model: unknown names/keys/values raise here."""
     splits = task.load()
-    model = get_model(task.model, **task.model_kwargs)
-    build_method(task, spec, model, epochs, math.ceil(len(splits.x_train) / task.batch_size))
+    build_method(task, spec, make_model(task, splits), epochs, steps_per_epoch(task, splits))
 
 
 def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | None = None,
@@ -152,9 +157,13 @@ def _describe(job: Job, result: RunResult) -> str:
 def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
              console: Console | None = None, show_progress: bool = True,
              on_result: Callable[[Job, RunResult], None] | None = None) -> GridSummary:
-    """Run the ``jobs`` the store does not hold as complete/diverged; write each as it ends."""
+    """Run the ``jobs`` the store does not hold as complete/diverged; write each as it ends.
+
+    ``workers=None``: one per CPU core, or 1 when a job trains on CUDA (one GPU, one run at a
+    time; runs sharing a GPU would only queue on it)."""
     if workers is None:
-        workers = os.cpu_count() or 1
+        on_gpu = any(job.task.device != "cpu" for job in jobs)
+        workers = 1 if on_gpu else (os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"Invalid workers: {workers!r} (allowed: an integer >= 1)")
     summary = GridSummary(total=len(jobs))

