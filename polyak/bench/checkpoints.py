@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["KeepEpochs", "checkpoint_dir", "save_checkpoint", "load_checkpoint",
-           "list_checkpoints"]
+__all__ = ["KeepEpochs", "CheckpointPolicy", "checkpoint_dir", "save_checkpoint",
+           "load_checkpoint", "list_checkpoints"]
 
 _FILE = re.compile(r"^epoch(\d+)\.pt$")
 
@@ -59,6 +59,26 @@ class KeepEpochs:
         if self.every is not None:
             return (epoch + 1) % self.every == 0 or epoch == 0 or epoch == epochs - 1
         return epoch in self.epochs
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Where (``root``) and when (``keep``) a run saves its live model."""
+
+    root: Path
+    keep: KeepEpochs
+
+    def maybe_save(self, model: nn.Module, *, task: str, method: str, seed: int, epoch: int,
+                   epochs: int, lr: float) -> Path | None:
+        """Save epoch ``epoch`` of the run if the policy keeps it; returns the file or None."""
+        if not self.keep.wants(epoch, epochs):
+            return None
+        import polyak
+
+        net = getattr(model, "net", model)  # unwrap the CUDA wrapper (polyak.bench.device)
+        return save_checkpoint(checkpoint_dir(self.root, task, method, seed), net, epoch=epoch,
+                               lr=lr, meta={"task": task, "method": method, "seed": int(seed),
+                                            "polyak_version": polyak.__version__})
 
 
 def _safe(name: str) -> str:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import polyak
+from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.store import FINAL, RunKey, Store
 from polyak.bench.tasks import Task
 from polyak.bench.train import (
@@ -49,6 +50,7 @@ class Job:
     spec: str
     seed: int
     epochs: int
+    checkpoints: CheckpointPolicy | None = None  # not part of the run's identity
 
     @cached_property
     def key(self) -> RunKey:
@@ -95,7 +97,8 @@ def _check_spec(task: Task, spec: str, epochs: int) -> None:
 
 
 def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | None = None,
-              epochs: int | None = None) -> list[Job]:
+              epochs: int | None = None, checkpoints: CheckpointPolicy | None = None
+              ) -> list[Job]:
     """Every (task, method, seed) job, seed-major; ``None`` means the task's default.
 
     ``methods=None`` means the available paper methods. Every spec is validated (and every
@@ -114,7 +117,8 @@ def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | 
         for spec in specs:
             _check_spec(task, spec, n_epochs)
         n_seeds = task.seeds if seeds is None else seeds
-        jobs += [Job(task, spec, seed, n_epochs) for seed in range(n_seeds) for spec in specs]
+        jobs += [Job(task, spec, seed, n_epochs, checkpoints)
+                 for seed in range(n_seeds) for spec in specs]
     return jobs
 
 
@@ -125,7 +129,8 @@ def _init_worker() -> None:
 
 def _work(job: Job) -> RunResult:
     try:
-        return train_run(job.task, job.spec, job.seed, job.epochs)
+        return train_run(job.task, job.spec, job.seed, job.epochs,
+                         checkpoints=job.checkpoints)
     except Exception as exc:  # a failing run must not stop the grid
         text = "".join(traceback.format_exception(exc))
         return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")

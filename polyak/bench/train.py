@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyak
+from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.data import Splits
 from polyak.bench.data.augment import Augment, channel_stats
 from polyak.bench.device import is_cuda, prepare_model
@@ -225,8 +226,10 @@ def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
 
 
 def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
-              on_epoch: Callable[[dict[str, float]], None] | None = None) -> RunResult:
-    """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget)."""
+              on_epoch: Callable[[dict[str, float]], None] | None = None,
+              checkpoints: CheckpointPolicy | None = None) -> RunResult:
+    """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget);
+    ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``)."""
     epochs = task.epochs if epochs is None else epochs
     start = time.perf_counter()
     splits, mean, std = task_splits(task)
@@ -250,6 +253,9 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
                       val_acc=val[1], test_loss=test[0], test_acc=test[1], lr=lr,
                       time=time.perf_counter() - start)
         result.records.append(record)
+        if checkpoints is not None:
+            checkpoints.maybe_save(model, task=task.name, method=spec, seed=seed, epoch=epoch,
+                                   epochs=epochs, lr=lr)
         if on_epoch is not None:
             on_epoch(record)
         if not (math.isfinite(val[0]) and math.isfinite(test[0])):

@@ -113,18 +113,21 @@ def _task(name: str):
         raise UserError(f"Invalid task: {name!r} (see `polyak list` for task names)") from None
 
 
-def _data_and_model(spec, seed: int):
-    """The task's splits and a fresh model (``load_data``/``make_model`` when the task has them,
-    else ``load()`` and ``polyak.bench.models.get_model`` under ``torch.manual_seed(seed)``)."""
+def _data_and_model(task, seed: int):
+    """The task's training inputs as the model sees them (standardized, not augmented), labels
+    and a fresh model seeded like a benchmark run."""
     import torch
 
-    splits = spec.load_data() if hasattr(spec, "load_data") else spec.load()
-    if hasattr(spec, "make_model"):
-        return splits, spec.make_model(seed)
-    from polyak.bench.models import get_model
+    from polyak.bench.train import make_model, task_splits, transforms
 
+    if getattr(task, "kind", "classification") != "classification":
+        raise UserError(f"polyak stability needs a classification task; {task.name} is "
+                        f"{task.kind!r}")
+    splits, mean, std = task_splits(task)
+    _, eval_tf = transforms(task, mean, std, seed, splits.x_train.device)
+    x = splits.x_train if eval_tf is None else eval_tf(splits.x_train)
     torch.manual_seed(seed)
-    return splits, get_model(spec.model, **spec.model_kwargs)
+    return x, splits.y_train, make_model(task, splits)
 
 
 @app.command("stability")
@@ -157,10 +160,10 @@ def stability_command(
         from polyak.bench.checkpoints import list_checkpoints
 
         points += [(p.stem, p) for p in list_checkpoints(checkpoints)]
-    splits, model = _data_and_model(_task(task), seed)
+    x_train, y_train, model = _data_and_model(_task(task), seed)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    n = min(batches * batch_size, len(splits.x_train))
-    data = [(splits.x_train[i:i + batch_size], splits.y_train[i:i + batch_size])
+    n = min(batches * batch_size, len(x_train))
+    data = [(x_train[i:i + batch_size], y_train[i:i + batch_size])
             for i in range(0, n, batch_size)]
     table = Table(show_header=True, header_style="bold")
     for column in ("weights", "lambda_max", "iterations", "2/lambda (GD)",

@@ -117,6 +117,12 @@ def bench_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     data_dir: str = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    keep_checkpoints: str = typer.Option(
+        None, "--keep-checkpoints", help="Save the live model of each run at these epochs "
+        "(0-based): 'epochs=0,10,39', 'every=5' or 'all' (for polyak stability and the probes)."),
+    checkpoint_dir: str = typer.Option("polyak-checkpoints", "--checkpoint-dir",
+                                       help="Where --keep-checkpoints writes "
+                                       "<task>/<method>/seed<k>/epoch<e>.pt."),
 ) -> int:
     """Run the (task x method x seed) grid, resuming from the store, then print the report."""
     from polyak.bench.runner import default_methods, plan_grid, run_grid
@@ -125,7 +131,14 @@ def bench_command(
         _positive(name, value)
     task_list = _tasks(tasks, _device(device), _data_dir(data_dir))
     specs = split_specs(methods) if methods is not None else None
-    jobs = plan_grid(task_list, specs, seeds, epochs)
+    policy = None
+    if keep_checkpoints is not None:
+        from pathlib import Path
+
+        from polyak.bench.checkpoints import CheckpointPolicy, KeepEpochs
+
+        policy = CheckpointPolicy(Path(checkpoint_dir), KeepEpochs.parse(keep_checkpoints))
+    jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy)
     _warn_gpu_sized(task_list, epochs)
     run_store = _open_store(store)
     notes = [f"{name} not run: {why}" for name, why in default_methods()[1]] if specs is None \

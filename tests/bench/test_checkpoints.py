@@ -102,3 +102,50 @@ def test_stability_over_a_runs_checkpoints(tmp_path, tiny_mlp_task, monkeypatch,
     assert rows["init"] == rows["epoch0"]  # epoch-0 checkpoint = the seeded initial model
     assert rows["epoch3"] == pytest.approx(expected, rel=1e-3)
     assert f"{0.5 * expected / 2:.3g}" in out  # lr x lambda/2 of the checkpointed lr
+
+
+def test_bench_keeps_the_live_model_it_evaluated(tmp_path, tiny_task, monkeypatch, capsys):
+    """A kept checkpoint, evaluated independently, gives the validation loss the run stored
+    for that epoch (sgdm reports its live weights)."""
+    import sqlite3
+
+    import polyak.cli.bench  # noqa: F401
+    from polyak.bench.tasks import TASKS
+    from polyak.bench.train import evaluate
+    from polyak.cli import main
+
+    task = tiny_task.replace(name="tiny")
+    monkeypatch.setitem(TASKS, "tiny", task)
+    store, root = tmp_path / "runs.sqlite", tmp_path / "ckpt"
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--tasks", "tiny", "--methods", "sgdm", "--seeds", "1", "--workers", "1",
+              "--store", str(store), "--out", str(tmp_path / "rep"), "--no-progress",
+              "--keep-checkpoints", "epochs=1", "--checkpoint-dir", str(root)])
+    assert info.value.code == 0, capsys.readouterr().err
+    files = ck.list_checkpoints(ck.checkpoint_dir(root, "tiny", "sgdm", 0))
+    assert [p.name for p in files] == ["epoch1.pt"]
+    data = ck.load_checkpoint(files[0])
+    assert (data["epoch"], data["method"], data["seed"]) == (1, "sgdm", 0)
+    model = get_model(task.model, **task.model_kwargs)
+    model.load_state_dict(data["model"])
+    splits = task.load()
+    val_loss, _ = evaluate(model, splits.x_val, splits.y_val, task.eval_batch_size)
+    stored = sqlite3.connect(store).execute(
+        "select m.val_loss, m.lr from metrics m join runs r on m.run_id = r.id "
+        "where r.method = 'sgdm' and m.epoch = 1").fetchone()
+    assert val_loss == pytest.approx(stored[0], rel=1e-6)
+    assert data["lr"] == pytest.approx(stored[1])
+
+
+def test_bad_keep_checkpoints_exits_2(tmp_path, tiny_task, monkeypatch, capsys):
+    import polyak.cli.bench  # noqa: F401
+    from polyak.bench.tasks import TASKS
+    from polyak.cli import main
+
+    monkeypatch.setitem(TASKS, "tiny", tiny_task.replace(name="tiny"))
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--tasks", "tiny", "--store", str(tmp_path / "s.sqlite"),
+              "--keep-checkpoints", "epochs=x"])
+    assert info.value.code == 2
+    assert "keep-checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()
