@@ -114,8 +114,8 @@ def _task(name: str):
 
 
 def _data_and_model(task, seed: int):
-    """The task's training inputs as the model sees them (standardized, not augmented), labels
-    and a fresh model seeded like a benchmark run."""
+    """The task's training and test inputs as the model sees them (standardized, not
+    augmented), their labels, and a fresh model seeded like a benchmark run."""
     import torch
 
     from polyak.bench.train import make_model, task_splits, transforms
@@ -125,9 +125,12 @@ def _data_and_model(task, seed: int):
                         f"{task.kind!r}")
     splits, mean, std = task_splits(task)
     _, eval_tf = transforms(task, mean, std, seed, splits.x_train.device)
-    x = splits.x_train if eval_tf is None else eval_tf(splits.x_train)
+    def inputs(x):
+        return x if eval_tf is None else eval_tf(x)
+
     torch.manual_seed(seed)
-    return x, splits.y_train, make_model(task, splits)
+    return (inputs(splits.x_train), splits.y_train, inputs(splits.x_test), splits.y_test,
+            make_model(task, splits))
 
 
 @app.command("stability")
@@ -160,7 +163,7 @@ def stability_command(
         from polyak.bench.checkpoints import list_checkpoints
 
         points += [(p.stem, p) for p in list_checkpoints(checkpoints)]
-    x_train, y_train, model = _data_and_model(_task(task), seed)
+    x_train, y_train, _, _, model = _data_and_model(_task(task), seed)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     n = min(batches * batch_size, len(x_train))
     data = [(x_train[i:i + batch_size], y_train[i:i + batch_size])
@@ -181,3 +184,67 @@ def stability_command(
                       "" if lr is None else f"{lr:.4g}",
                       "" if lr is None else f"{lr / res.gd_bound:.3g}")
     Console(width=120).print(table)
+
+
+def _batches(x, y, n: int, batch_size: int) -> list:
+    n = min(n, len(x))
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+@app.command("probe")
+def probe_command(
+    task: Annotated[str, Opt(help="Benchmark task name (see `polyak list`).")],
+    checkpoints: Annotated[Path, Opt(
+        help="A run's checkpoint directory (polyak bench --keep-checkpoints).")],
+    points: Annotated[int, Opt(help="Points on the segment, end points included.")] = 11,
+    examples: Annotated[int, Opt(help="Train/test examples used at each point.")] = 2000,
+    batch_size: Annotated[int, Opt(help="Examples per batch.")] = 500,
+    out: Annotated[Path, Opt(help="PNG file (loss and accuracy along the probes).")] = Path(
+        "probe.png"),
+) -> None:
+    """Loss surface along a run: the segment from its first to its last checkpoint, two-point
+    averages of the last with each earlier one (PWA Figs. 2-3), and iterate diversity (Gadam
+    Fig. 4). BatchNorm is recalibrated at every probed point."""
+    import torch.nn.functional as F
+
+    from polyak.analysis import diversity, plot_probe, segment_losses, two_point_average_losses
+    from polyak.bench.checkpoints import list_checkpoints, load_checkpoint
+
+    for name, value in (("points", points), ("examples", examples), ("batch-size", batch_size)):
+        _positive_int(name, value)
+    if points < 2:
+        raise UserError(f"Invalid points: {points} (at least 2: the end points)")
+    _check_out(out)
+    files = list_checkpoints(checkpoints)
+    if len(files) < 2:
+        raise UserError(f"{checkpoints} has {len(files)} checkpoint; the probes need 2 or more")
+    x_train, y_train, x_test, y_test, model = _data_and_model(_task(task), 0)
+    names = {n for n, _ in model.named_parameters()}
+    iterates = [{k: v for k, v in load_checkpoint(f)["model"].items() if k in names}
+                for f in files]
+    train = _batches(x_train, y_train, examples, batch_size)
+    test = _batches(x_test, y_test, examples, batch_size)
+    alphas = [i / (points - 1) for i in range(points)]
+    seg = {split: segment_losses(model, iterates[0], iterates[-1], F.cross_entropy, data,
+                                 alphas, bn_loader=train)
+           for split, data in (("train", train), ("test", test))}
+    ks = list(range(len(iterates)))
+    two = two_point_average_losses(model, iterates, F.cross_entropy, test, ks, bn_loader=train)
+    div = diversity(iterates, model, test)
+    table = Table(title=f"{files[0].stem} -> {files[-1].stem}", header_style="bold")
+    for column in ("alpha", "train loss", "test loss", "test acc"):
+        table.add_column(column, justify="right")
+    for i, alpha in enumerate(alphas):
+        table.add_row(f"{alpha:.2f}", f"{seg['train'].loss[i]:.4f}", f"{seg['test'].loss[i]:.4f}",
+                      f"{seg['test'].accuracy[i]:.4f}")
+    Console(width=100).print(table)
+    pairs = Table(title=f"(theta_last + theta_k)/2 on test, last = {files[-1].stem}",
+                  header_style="bold")
+    for column in ("theta_k", "test loss", "test acc"):
+        pairs.add_column(column, justify="right")
+    for k in ks:
+        pairs.add_row(files[-1 - k].stem, f"{two.loss[k]:.4f}", f"{two.accuracy[k]:.4f}")
+    Console(width=100).print(pairs)
+    typer.echo(f"diversity of the {len(iterates)} iterates on test: symmetric KL "
+               f"{div.symmetric_kl:.4g}, total variation {div.total_variation:.4g}")
+    typer.echo(f"wrote {plot_probe(seg, out)}")

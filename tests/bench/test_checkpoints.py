@@ -149,3 +149,41 @@ def test_bad_keep_checkpoints_exits_2(tmp_path, tiny_task, monkeypatch, capsys):
     assert info.value.code == 2
     assert "keep-checkpoints" in capsys.readouterr().err
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_probe_command_over_a_runs_checkpoints(tmp_path, tiny_task, monkeypatch, capsys):
+    """`polyak probe`: the segment's end point equals the last checkpoint evaluated with
+    BatchNorm recalibrated by torch.optim.swa_utils.update_bn on the same training examples."""
+    import polyak.bench.tasks as tasks
+    import polyak.cli.analysis  # noqa: F401
+    from polyak.cli import main
+
+    monkeypatch.setattr(tasks, "get_task", lambda name: tiny_task)
+    torch.manual_seed(0)
+    model = get_model(tiny_task.model, **tiny_task.model_kwargs)
+    splits = tiny_task.load()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(3):
+        loss = nn.functional.cross_entropy(model(splits.x_train[:64]), splits.y_train[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ck.save_checkpoint(tmp_path / "run", model, epoch=epoch, lr=0.1, meta={})
+    out_png = tmp_path / "probe.png"
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--task", "t", "--checkpoints", str(tmp_path / "run"), "--points", "3",
+              "--examples", "200", "--batch-size", "100", "--out", str(out_png)])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    end = re.search(r"│\s+1\.00 │\s+([0-9.]+) │\s+([0-9.]+) │", out)
+    reference = get_model(tiny_task.model, **tiny_task.model_kwargs)
+    reference.load_state_dict(ck.load_checkpoint(tmp_path / "run" / "epoch2.pt")["model"])
+    loader = [splits.x_train[:100], splits.x_train[100:200]]
+    torch.optim.swa_utils.update_bn(loader, reference)
+    reference.eval()
+    with torch.no_grad():
+        test_loss = nn.functional.cross_entropy(reference(splits.x_test[:200]),
+                                                splits.y_test[:200]).item()
+    assert float(end.group(2)) == pytest.approx(test_loss, abs=1e-4)
+    assert "diversity of the 3 iterates" in out
