@@ -63,10 +63,10 @@ def test_a_failing_run_is_recorded_and_retried(tiny_task, tmp_path, monkeypatch)
     jobs = plan_grid([tiny_task], ["sgd", "sgdm"], seeds=1, epochs=1)
     real = runner.train_run
 
-    def flaky(task, spec, seed, epochs):
+    def flaky(task, spec, seed, epochs, **kwargs):
         if spec == "sgd":
             raise RuntimeError("simulated crash")
-        return real(task, spec, seed, epochs)
+        return real(task, spec, seed, epochs, **kwargs)
 
     monkeypatch.setattr(runner, "train_run", flaky)
     with Store(tmp_path / "s.sqlite") as store:
