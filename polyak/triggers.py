@@ -5,12 +5,17 @@ One ``Plateau`` drives three decisions of the papers:
   new best validation accuracy (``mode="max"``);
 - TSO-ALRA (Ida & Fujiwara): the switch to SGD when the validation loss stops improving;
 - early stopping.
+
+Under ``torch.distributed`` every update takes rank 0's metric (one broadcast), so all ranks fire
+at the same epoch even when they were handed different values.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from polyak.distributed import broadcast_value
 
 __all__ = ["Plateau"]
 
@@ -50,7 +55,7 @@ class Plateau:
 
     def update(self, value: float, epoch: int | None = None) -> bool:
         """Record this epoch's metric; ``True`` exactly once, when the trigger fires."""
-        value = float(value)
+        value = broadcast_value(float(value))  # DDP: every rank decides on rank 0's metric
         if math.isnan(value):
             raise ValueError("Plateau.update got NaN: the metric is undefined")
         epoch = self.epochs_seen if epoch is None else int(epoch)

@@ -7,6 +7,11 @@ per-parameter buffer. Per-collection updates run as multi-tensor ``torch._foreac
 (``foreach=True``) or as a loop over single tensors (``foreach=False``, the reference path); both
 compute the same floating-point operations in the same order.
 
+Sharded training (FSDP2's ``fully_shard``): parameters are ``DTensor`` shards; the average of
+each is a ``DTensor`` of the same placements, so a rank holds and updates only its own shard (no
+full copy, no gather). Under DDP the parameters are identical on every rank, and so are the
+averages, without any communication.
+
 Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of training.
 """
 
@@ -76,9 +81,8 @@ class WeightAverage:
         self.every, self.start_epoch = every, start_epoch
         self.device = None if device is None else torch.device(device)
         self._shapes = [p.shape for p in params]
-        self.average: list[Tensor] = [
-            torch.zeros(p.shape, dtype=p.dtype, device=self.device or p.device) for p in params
-        ]
+        self.average: list[Tensor] = [_zeros_for(p, self.device) for p in params]
+        self._sharded = any(_is_sharded(t) for t in self.average)
         if foreach is None:
             foreach = all(t.device.type in _FOREACH_DEVICES for t in [*self.average, *params])
         self.foreach = foreach
@@ -89,6 +93,8 @@ class WeightAverage:
 
     # ------------------------------------------------------------------ tensor operations
     def _copy_(self, dst: list[Tensor], src: list[Tensor]) -> None:
+        if self._sharded:
+            dst, src = _locals(dst), _locals(src)
         if self.foreach and dst[0].device == src[0].device:
             torch._foreach_copy_(dst, src)
         else:
@@ -96,6 +102,8 @@ class WeightAverage:
                 d.copy_(s)
 
     def _lerp_(self, avg: list[Tensor], src: list[Tensor], weight: float) -> None:
+        if self._sharded:
+            avg, src = _locals(avg), _locals(src)
         if self.foreach:
             torch._foreach_lerp_(avg, src, weight)
         else:
@@ -103,6 +111,8 @@ class WeightAverage:
                 a.lerp_(s, weight)
 
     def _mul_(self, ts: list[Tensor], factor: float) -> None:
+        if self._sharded:
+            ts = _locals(ts)
         if self.foreach:
             torch._foreach_mul_(ts, factor)
         else:
@@ -110,6 +120,8 @@ class WeightAverage:
                 t.mul_(factor)
 
     def _div_(self, ts: list[Tensor], divisor: float) -> None:
+        if self._sharded:
+            ts = _locals(ts)
         if self.foreach:
             torch._foreach_div_(ts, divisor)
         else:
@@ -186,7 +198,7 @@ class WeightAverage:
     @property
     def nbytes(self) -> int:
         """Bytes of memory the average holds (its tensors' storages)."""
-        return sum(t.untyped_storage().nbytes() for t in self.average)
+        return sum(_local(t).untyped_storage().nbytes() for t in self.average)
 
     @torch.no_grad()
     def averaged(self) -> list[Tensor]:
@@ -270,6 +282,29 @@ class WeightAverage:
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
         return f"{type(self).__name__}({hyper}, n_averaged={self.n_averaged})"
+
+
+def _is_sharded(t: Tensor) -> bool:
+    """A ``DTensor`` (FSDP2's ``fully_shard`` parameters): this rank holds one shard of it."""
+    return callable(getattr(t, "to_local", None)) and hasattr(t, "placements")
+
+
+def _local(t: Tensor) -> Tensor:
+    return t.to_local() if _is_sharded(t) else t
+
+
+def _locals(ts: list[Tensor]) -> list[Tensor]:
+    """This rank's shards (views of the same storage) of a list of possibly sharded tensors."""
+    return [_local(t) for t in ts]
+
+
+def _zeros_for(p: Tensor, device: torch.device | None) -> Tensor:
+    """The zero average of parameter ``p``: for a sharded parameter (FSDP2) a ``DTensor`` with the
+    same placements, so each rank keeps only its own shard and every update is local (pointwise
+    ``_foreach`` ops on ``DTensor``s of equal placements communicate nothing)."""
+    if device is None and _is_sharded(p):
+        return torch.zeros_like(p)
+    return torch.zeros(p.shape, dtype=p.dtype, device=device or p.device)
 
 
 def _brief(shapes: list[tuple[int, ...]], limit: int = 4) -> str:

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from polyak.distributed import is_distributed
+
 __all__ = ["recalibrate_bn", "saved_bn_buffers", "default_forward", "bn_modules"]
 
 Forward = Callable[[nn.Module, Any], Any]
@@ -96,6 +98,10 @@ def recalibrate_bn(
     :func:`default_forward`); at most ``max_batches`` of them when given. Afterwards each
     BatchNorm's momentum and the train/eval mode of every submodule are what they were, also when
     a forward pass raises. Without BatchNorm this is a no-op that does not touch the loader.
+
+    Under ``torch.distributed`` (more than one rank) each rank passes its own share of the data
+    and the statistics are those of the union of every rank's inputs, from all-reduced sums of
+    ``x``, ``x^2`` and the counts (:mod:`polyak.averaging._bn_ranks`), the same on every rank.
     """
     _check_max_batches(max_batches)
     bns = bn_modules(model)
@@ -105,16 +111,25 @@ def recalibrate_bn(
     device = _model_device(model)
     momenta = [m.momentum for m in bns]
     modes = [(m, m.training) for m in model.modules()]
+    pooled = None
     try:
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
         model.train()
+        if is_distributed():
+            from polyak.averaging._bn_ranks import RankMoments
+
+            pooled = RankMoments(bns)
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
             forward(model, batch if device is None else _to_device(batch, device))
+        if pooled is not None:
+            pooled.finish()
     finally:
+        if pooled is not None:
+            pooled.remove()
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
         for m, training in modes:

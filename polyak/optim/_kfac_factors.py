@@ -25,6 +25,16 @@ assumptions (positions uncorrelated, statistics shared across positions) the per
 product ``A kron B`` is fixed by the Fisher; the split between the two factors matters through the
 damping, which is added to each factor separately. This split is the one of Grosse & Martens
 (2016, eq. 23-25: A the patch second moment, B carrying the ``T``).
+
+Data parallelism (:func:`combine_ranks`). The global batch of ``N`` examples is split over ``k``
+ranks, ``N_r`` on rank ``r``, and rank ``r``'s loss is ``k/N`` times the sum of its examples'
+losses (the local mean when the split is even: DDP then averages the gradients into the
+global-batch mean gradient). So ``g_r = (k/N) dl/ds``, ``A_r = 1/(N_r T) sum_r a a^T`` and
+``B_r = N_r sum_r g g^T``, and the factors of the global batch are
+
+    A = sum_r N_r A_r / N,        B = (1/N) sum_n dl dl^T = N/k^2 * sum_r B_r / N_r
+
+(for an even split: the plain means over ranks), obtained with one all-reduce of the sums.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from polyak.distributed import all_reduce_sum_, is_distributed, world_size
 
 __all__ = [
     "is_supported",
@@ -43,6 +55,7 @@ __all__ = [
     "grad_factor",
     "inverse_sqrt",
     "homogeneous",
+    "combine_ranks",
 ]
 
 
@@ -156,3 +169,24 @@ def homogeneous(weight_like: Tensor, bias_like: Tensor | None) -> Tensor:
     if bias_like is None:
         return w
     return torch.cat([w, bias_like.reshape(-1, 1)], dim=1)
+
+
+def combine_ranks(pending: dict[int, tuple[Tensor, Tensor, int]]
+                  ) -> dict[int, tuple[Tensor, Tensor]]:
+    """``{layer: (A_r, B_r, N_r)}`` -> ``{layer: (A, B)}`` of the global batch (module docstring;
+    one all-reduce for every layer); without ``torch.distributed`` the per-rank factors as they
+    are. Every rank must pass the same layers."""
+    if not is_distributed():
+        return {i: (A, B) for i, (A, B, _) in pending.items()}
+    keys = sorted(pending)
+    sums = []
+    for i in keys:
+        A, B, n = pending[i]
+        sums += [A * n, B / n]
+    counts = torch.tensor([float(pending[i][2]) for i in keys], dtype=torch.float64)
+    all_reduce_sum_([*sums, counts])
+    k = world_size()
+    out = {}
+    for j, (i, n) in enumerate(zip(keys, counts.tolist())):
+        out[i] = (sums[2 * j].div_(n), sums[2 * j + 1].mul_(n / k**2))
+    return out

@@ -35,7 +35,10 @@ several forward/backward pairs before ``step()`` (SAM's two passes, gradient acc
 LAST one supplies the statistics (gradient accumulation: the last micro-batch; ``B`` assumes a
 loss that is the mean over that micro-batch, so a loss divided by ``k`` shrinks ``B`` by
 ``k^2``); likewise a module called several times in one forward contributes one call's
-statistics. The output tensor hook is used instead of ``register_full_backward_hook`` because
+statistics. Under ``torch.distributed`` (DDP) each rank's batch factors are all-reduced
+(:func:`polyak.optim._kfac_factors.combine_ranks`) before they are folded in, so every rank holds
+the factors of the global batch and preconditions identically. The output tensor hook is used
+instead of ``register_full_backward_hook`` because
 full backward hooks break models that modify a layer's output in place
 (``Conv2d -> ReLU(inplace=True)``, as in VGG and AlexNet, the paper's models).
 
@@ -109,10 +112,11 @@ def _grad_hook(ref: weakref.ref, index: int, x: Tensor, grad: Tensor) -> None:
         return
     module = opt._layers[index].module
     dtype = module.weight.dtype
+    n = kf.batch_size(module, x)
     with torch.no_grad():
         A = kf.input_factor(module, x, dtype)
-        B = kf.grad_factor(module, grad, kf.batch_size(module, x), dtype)
-    opt._pending[index] = (A, B)
+        B = kf.grad_factor(module, grad, n, dtype)
+    opt._pending[index] = (A, B, n)
 
 
 class KFACSqrt(Optimizer):
@@ -148,7 +152,7 @@ class KFACSqrt(Optimizer):
         super().__init__(model.parameters(), defaults)
         self._t = 0
         self._collect = True
-        self._pending: dict[int, tuple[Tensor, Tensor]] = {}
+        self._pending: dict[int, tuple[Tensor, Tensor, int]] = {}
         self._layers = self._find_layers(model)
         if not self._layers:
             warnings.warn(f"{type(self).__name__}: the model has no Linear/Conv1d/Conv2d "
@@ -244,7 +248,8 @@ class KFACSqrt(Optimizer):
             return
         gamma = group["factor_decay"]
         factors, batch = [], []
-        for i, (A_batch, B_batch) in self._pending.items():
+        pending = kf.combine_ranks(self._pending)  # the identity without torch.distributed
+        for i, (A_batch, B_batch) in pending.items():
             st = self.state[self._layers[i].weight]
             factors += [st["A"], st["B"]]
             batch += [A_batch, B_batch]
