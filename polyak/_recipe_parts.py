@@ -12,12 +12,16 @@ paper it comes from; an averaging adds a weight average and may replace the sche
   momentum buffers at each restart follow ``momentum_policy`` ("keep" or "reset");
 - ``auto``: GadamAuto: constant lr; uniform averaging starts once the validation accuracy has not
   improved for ``patience`` epochs (5, the authors' code; the paper says 10 of 300 epochs).
+
+Defaults that count epochs or steps are rules, not numbers (:class:`OfBudget`, :class:`PerEpoch`,
+:class:`WindowPerStep`): they are resolved for a run's budget (``epochs``, ``steps_per_epoch``)
+and print as the rule (``polyak list``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +33,76 @@ from polyak.method import Method, SwitchOptimizer
 HALF_QUARTERS = (0.5, 0.25, 0.25)   # PWA 80/40/40 of 160, SWA/SAM, TSO-ALRA 81/122 of 164
 THIRDS = (1 / 3, 1 / 3, 1 / 3)      # SGDL: /10 at 1/3 and 2/3 of training
 AVG_START_FRACTION = 161 / 300      # Gadam / SWA: averaging from epoch 161 of 300
+PAPER_STEPS_PER_EPOCH = 391         # CIFAR-10, batch 128: the TSO-ALRA paper's epoch
 
 
+# ------------------------------------------------------------------ budget-scaled defaults
+@dataclass(frozen=True)
+class OfBudget:
+    """An epoch count that is a fixed fraction of the budget: ``round(fraction * epochs)``,
+    at least ``minimum`` and, with ``before_end``, at most ``epochs - 1``."""
+
+    fraction: float
+    source: str
+    minimum: int = 1
+    before_end: bool = False
+
+    def __call__(self, epochs: int, steps_per_epoch: int) -> int:
+        value = max(self.minimum, round(self.fraction * epochs))
+        return min(value, max(epochs - 1, self.minimum)) if self.before_end else value
+
+    def __str__(self) -> str:
+        return f"{self.fraction:.3g} x epochs ({self.source})"
+
+
+@dataclass(frozen=True)
+class PerEpoch:
+    """A step count that is a fixed fraction of an epoch:
+    ``max(1, round(fraction * steps_per_epoch))``."""
+
+    fraction: float
+    source: str
+
+    def __call__(self, epochs: int, steps_per_epoch: int) -> int:
+        return max(1, round(self.fraction * steps_per_epoch))
+
+    def __str__(self) -> str:
+        return f"{self.fraction:.3g} x steps per epoch ({self.source})"
+
+
+@dataclass(frozen=True)
+class WindowPerStep:
+    """A per-step EMA weight whose window is a fixed fraction of an epoch: the weight ``gamma``
+    at ``reference`` steps per epoch becomes ``1 - (1 - gamma)^(reference / steps_per_epoch)``
+    (the same decay per epoch, so the same number of epochs averaged)."""
+
+    gamma: float
+    reference: int
+    source: str
+
+    def __call__(self, epochs: int, steps_per_epoch: int) -> float:
+        return min(1.0, 1.0 - (1.0 - self.gamma) ** (self.reference / steps_per_epoch))
+
+    def __str__(self) -> str:
+        return (f"{self.gamma:g} per step at {self.reference} steps per epoch, the same decay "
+                f"per epoch at other epoch lengths ({self.source})")
+
+
+Rule = OfBudget | PerEpoch | WindowPerStep
+
+
+def resolve(defaults: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> dict[str, Any]:
+    """The defaults with every rule evaluated for the budget."""
+    return {k: v(epochs, steps_per_epoch) if isinstance(v, Rule) else v
+            for k, v in defaults.items()}
+
+
+def shown(value: Any) -> str:
+    """A default as ``polyak list`` shows it (rules as their formula)."""
+    return str(value) if isinstance(value, Rule) else repr(value)
+
+
+# ------------------------------------------------------------------ schedules
 def phase_lengths(epochs: int, fractions: tuple[float, ...]) -> list[int]:
     """Split ``epochs`` into phases at the cumulative ``fractions`` (each at least one epoch)."""
     if epochs < len(fractions):
@@ -61,10 +133,11 @@ def constant_schedule(epochs: int) -> Callable[[float], float] | None:
     return None
 
 
-@dataclass
+# ------------------------------------------------------------------ bases
+@dataclass(frozen=True)
 class Base:
     description: str
-    defaults: Callable[[int], dict[str, Any]]
+    defaults: Mapping[str, Any]
     make: Callable[[nn.Module, dict[str, Any], int, int], torch.optim.Optimizer]
     schedule: Callable[[int], Callable[[float], float] | None]
     needs: tuple[str, ...] = field(default=())
@@ -78,8 +151,8 @@ def _sgd(model: nn.Module, hp: dict[str, Any], *_: int) -> torch.optim.Optimizer
 def _padam(model: nn.Module, hp: dict[str, Any], *_: int) -> torch.optim.Optimizer:
     from polyak.optim import Padam
 
-    return Padam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"],
-                 partial=hp["partial"], amsgrad=hp["amsgrad"],
+    return Padam(model.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                 weight_decay=hp["weight_decay"], partial=hp["partial"], amsgrad=hp["amsgrad"],
                  decoupled_weight_decay=hp["decoupled"])
 
 
@@ -111,7 +184,8 @@ def _tso_alra(model: nn.Module, hp: dict[str, Any], *_: int) -> torch.optim.Opti
 
     return TSOALRA(model, lr=hp["lr"], switch_epoch=hp["switch_epoch"],
                    factor_decay=hp["factor_decay"], damping=hp["damping"],
-                   inv_every=hp["inv_every"], factor_every=hp["factor_every"])
+                   inv_every=hp["inv_every"], factor_every=hp["factor_every"],
+                   factor_init=hp["factor_init"])
 
 
 def _schedule_free(model: nn.Module, hp: dict[str, Any], epochs: int,
@@ -123,24 +197,32 @@ def _schedule_free(model: nn.Module, hp: dict[str, Any], epochs: int,
                                           weight_decay=hp["weight_decay"])
 
 
-def _sgd_hp(lr: float, momentum: float) -> Callable[[int], dict[str, Any]]:
-    return lambda e: {"lr": lr, "momentum": momentum, "weight_decay": 5e-4}
+def _sgd_hp(lr: float, momentum: float, **extra: Any) -> dict[str, Any]:
+    return {"lr": lr, "momentum": momentum, "weight_decay": 5e-4, **extra}
 
 
-def _adam_hp(lr: float, wd: float, partial: float, amsgrad: bool,
-             decoupled: bool) -> Callable[[int], dict[str, Any]]:
-    return lambda e: {"lr": lr, "weight_decay": wd, "partial": partial, "amsgrad": amsgrad,
-                      "decoupled": decoupled}
+def _adam_hp(lr: float, wd: float, partial: float, amsgrad: bool, decoupled: bool,
+             **extra: Any) -> dict[str, Any]:
+    return {"lr": lr, "beta1": 0.9, "beta2": 0.999, "weight_decay": wd, "partial": partial,
+            "amsgrad": amsgrad, "decoupled": decoupled, **extra}
 
 
-def _bound_hp(amsbound: bool) -> Callable[[int], dict[str, Any]]:
-    return lambda e: {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "weight_decay": 5e-4,
-                      "amsbound": amsbound}
+def _bound_hp(amsbound: bool) -> dict[str, Any]:
+    return {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "weight_decay": 5e-4,
+            "amsbound": amsbound}
 
 
-def _with(hp: Callable[[int], dict[str, Any]], **extra: Any) -> Callable[[int], dict[str, Any]]:
-    return lambda e: {**hp(e), **extra}
-
+_TSO_ALRA_HP = {
+    "lr": 1e-2,
+    "switch_epoch": OfBudget(0.1, "the paper tuned 5..75 of 164 epochs, 10-25 for most"),
+    "factor_decay": WindowPerStep(0.05, PAPER_STEPS_PER_EPOCH,
+                                  "a window of ~20 of the paper's 391 steps"),
+    "damping": 1e-3,
+    "inv_every": PerEpoch(0.25, "4 inverse-root refreshes per epoch: ~100 of the paper's 391 "
+                                "steps; the paper does not give T_int"),
+    "factor_every": 1,
+    "factor_init": "batches",
+}
 
 _STEP = lambda e: step_schedule(e, HALF_QUARTERS)  # noqa: E731
 _OPT = ("polyak.optim:Padam",)
@@ -163,28 +245,33 @@ BASES: dict[str, Base] = {
     "amsbound": Base("AMSBound, lr 1e-3 -> final 0.1, step decay 50/25/25 %",
                      _bound_hp(True), _adabound, _STEP, ("polyak.optim:AdaBound",)),
     "lookahead": Base("Lookahead(momentum SGD, k=5, alpha=0.5), step decay 50/25/25 %",
-                      _with(_sgd_hp(0.1, 0.9), k=5, alpha=0.5), _lookahead(_sgd), _STEP,
+                      _sgd_hp(0.1, 0.9, k=5, alpha=0.5), _lookahead(_sgd), _STEP,
                       ("polyak.optim:Lookahead",)),
     "lookahead-adamw": Base("Lookahead(AdamW, k=5, alpha=0.5), Gadam eq. 12 schedule",
-                            _with(_adam_hp(1e-3, 0.25, 0.5, False, True), k=5, alpha=0.5),
+                            _adam_hp(1e-3, 0.25, 0.5, False, True, k=5, alpha=0.5),
                             _lookahead(_padam), linear_schedule,
                             ("polyak.optim:Lookahead", *_OPT)),
     "sam": Base("SAM on momentum SGD (rho 0.05), lr 0.1, step decay 50/25/25 %",
-                _with(_sgd_hp(0.1, 0.9), rho=0.05, adaptive=False), _sam, _STEP,
-                ("polyak.optim:SAM",)),
+                _sgd_hp(0.1, 0.9, rho=0.05, adaptive=False), _sam, _STEP, ("polyak.optim:SAM",)),
     "asam": Base("Adaptive SAM on momentum SGD (rho 0.5), lr 0.1, step decay 50/25/25 %",
-                 _with(_sgd_hp(0.1, 0.9), rho=0.5, adaptive=True), _sam, _STEP,
-                 ("polyak.optim:SAM",)),
+                 _sgd_hp(0.1, 0.9, rho=0.5, adaptive=True), _sam, _STEP, ("polyak.optim:SAM",)),
     "tso-alra": Base("TSO-ALRA: K-FAC F^(-1/2) preconditioning, then SGD after 10 % of epochs",
-                     lambda e: {"lr": 1e-2, "switch_epoch": max(1, round(0.1 * e)),
-                                "factor_decay": 0.05, "damping": 1e-3, "inv_every": 100,
-                                "factor_every": 1},
-                     _tso_alra, _STEP, ("polyak.optim:TSOALRA",)),
+                     _TSO_ALRA_HP, _tso_alra, _STEP, ("polyak.optim:TSOALRA",)),
     "schedule-free-adamw": Base("Schedule-free AdamW (the schedulefree package), reference",
-                                lambda e: {"lr": 2.5e-3, "weight_decay": 0.0,
-                                           "warmup_fraction": 0.05},
+                                {"lr": 2.5e-3, "weight_decay": 0.0, "warmup_fraction": 0.05},
                                 _schedule_free, constant_schedule,
                                 ("schedulefree:AdamWScheduleFree",)),
+}
+
+
+# ------------------------------------------------------------------ averagings
+AVERAGING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "uniform": {"avg_start": OfBudget(AVG_START_FRACTION, "Gadam/SWA: epoch 161 of 300",
+                                      before_end=True),
+                "avg_ratio": 0.5},
+    "ema": {"ema_decay": 0.999},
+    "phasewise": {"phases": 3, "gamma0": 0.9, "momentum_policy": "keep"},
+    "auto": {"patience": 5},
 }
 
 _AVG_NEEDS = {
@@ -193,19 +280,6 @@ _AVG_NEEDS = {
     "ema": ("polyak.averaging:EMA",),
     "phasewise": ("polyak.averaging:PhaseWise", "polyak.schedules:step_phases"),
 }
-
-
-def averaging_defaults(averaging: str | None, epochs: int) -> dict[str, Any]:
-    if averaging == "uniform":
-        return {"avg_start": min(epochs - 1, round(AVG_START_FRACTION * epochs)),
-                "avg_ratio": 0.5}
-    if averaging == "ema":
-        return {"ema_decay": 0.999}
-    if averaging == "phasewise":
-        return {"phases": 3, "gamma0": 0.9, "momentum_policy": "keep"}
-    if averaging == "auto":
-        return {"patience": 5}
-    return {}
 
 
 def check_available(base: str, averaging: str | None) -> tuple[bool, str]:
@@ -224,7 +298,7 @@ def check_available(base: str, averaging: str | None) -> tuple[bool, str]:
 
 def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any], epochs: int,
           steps_per_epoch: int, name: str = "") -> Method:
-    """Assemble the Method for ``base`` + ``averaging`` with hyper-parameters ``hp``."""
+    """Assemble the Method for ``base`` + ``averaging`` with (resolved) hyper-parameters ``hp``."""
     spec = BASES[base]
     optimizer = spec.make(model, hp, epochs, steps_per_epoch)
     kwargs: dict[str, Any] = {"schedule": spec.schedule(epochs), "name": name,
@@ -247,8 +321,8 @@ def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any]
         from polyak.averaging import PhaseWise
         from polyak.schedules import step_phases
 
-        fractions = {1: (1.0,), 2: (0.5, 0.5), 3: HALF_QUARTERS}.get(int(hp["phases"]))
-        if fractions is None:
+        fractions = {1: (1.0,), 2: (0.5, 0.5), 3: HALF_QUARTERS}.get(hp["phases"])
+        if fractions is None or isinstance(hp["phases"], bool):
             raise ValueError(f"Invalid phases: {hp['phases']!r} (allowed: 1, 2, 3)")
         lengths = phase_lengths(epochs, fractions)
         kwargs["schedule"] = step_phases(lengths, [0.1 ** i for i in range(len(lengths))])

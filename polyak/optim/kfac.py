@@ -16,6 +16,14 @@ conventions, per-example Fisher of the batch-mean loss) is written out in
 :mod:`polyak.optim._kfac_factors`. Every other parameter (BatchNorm, embeddings, grouped
 convolutions, ...) gets plain SGD with the same ``momentum``/``weight_decay``.
 
+Start of the factors (``factor_init``). With ``"batches"`` (the default) the ``n``-th update of a
+layer's factors uses the weight ``gamma_n = max(gamma, 1/n)``: the factors are the running mean of
+the first ``1/gamma`` batches' statistics (the first update replaces the identity start), then the
+EMA of eq. 17-18; this is the bias-corrected EMA, so the first inverse roots already come from the
+data instead of an identity-dominated average (with ``gamma = 0.05`` the identity would keep
+``0.95^n`` of the weight after ``n`` steps). ``"identity"`` keeps the plain EMA from ``A = B = I``
+(the paper's "mixed into the identity" start). ``gamma = 1`` makes the two the same.
+
 Timing (step counter ``t`` from 1). Factors start at the identity. Statistics are captured during
 the forward/backward that precedes a factor step, ``t = 1, 1 + factor_every, ...``, and folded in
 at that step; inverse roots are recomputed at ``t = 1, 1 + inv_every, ...`` after the factor
@@ -63,6 +71,7 @@ from polyak.optim import _kfac_factors as kf
 __all__ = ["KFACSqrt"]
 
 _FACTOR_KEYS = ("A", "B", "A_inv_sqrt", "B_inv_sqrt")
+FACTOR_INITS = ("batches", "identity")
 
 
 def _check_int(name: str, value: Any) -> None:
@@ -70,7 +79,11 @@ def _check_int(name: str, value: Any) -> None:
         raise ValueError(f"Invalid {name}: {value!r} (allowed: an integer >= 1)")
 
 
-def _validate(lr, factor_decay, damping, inv_every, factor_every, momentum, weight_decay) -> None:
+def _validate(lr, factor_decay, damping, inv_every, factor_every, momentum, weight_decay,
+              factor_init="batches") -> None:
+    if factor_init not in FACTOR_INITS:
+        raise ValueError(f"Invalid factor_init: {factor_init!r} "
+                         f"(allowed: {', '.join(map(repr, FACTOR_INITS))})")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"Invalid lr: {lr!r} (allowed: a finite number > 0)")
     if not (isinstance(factor_decay, (int, float)) and 0 < factor_decay <= 1):
@@ -130,25 +143,29 @@ class KFACSqrt(Optimizer):
         damping: ``eps`` added to the eigenvalues of each factor (>= 0).
         inv_every: ``T_int``, steps between inverse-root refreshes (integer >= 1).
         factor_every: steps between factor updates (integer >= 1).
+        factor_init: ``"batches"`` (running mean of the first ``1/factor_decay`` updates, then
+            the EMA) or ``"identity"`` (the EMA from the identity); see the module docstring.
         momentum: heavy-ball coefficient on the update, in [0, 1) (0: the paper).
         weight_decay: coupled L2 coefficient (>= 0; 0: the paper).
         foreach: multi-tensor (``torch._foreach_*``) path for the momentum and parameter
             updates; ``None`` means ``True``. ``False`` is the single-tensor reference path.
 
-    Per-layer state (``self.state[layer.weight]``): ``A``, ``B``, ``A_inv_sqrt``, ``B_inv_sqrt``;
+    Per-layer state (``self.state[layer.weight]``): ``A``, ``B``, ``A_inv_sqrt``, ``B_inv_sqrt``,
+    ``factor_updates`` (how many batches the factors have seen);
     per parameter: ``momentum_buffer`` when ``momentum > 0``.
     """
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-2, factor_decay: float = 0.05,
                  damping: float = 1e-3, inv_every: int = 100, factor_every: int = 1,
                  momentum: float = 0.0, weight_decay: float = 0.0,
-                 foreach: bool | None = None) -> None:
-        _validate(lr, factor_decay, damping, inv_every, factor_every, momentum, weight_decay)
+                 foreach: bool | None = None, factor_init: str = "batches") -> None:
+        _validate(lr, factor_decay, damping, inv_every, factor_every, momentum, weight_decay,
+                  factor_init)
         if not isinstance(model, nn.Module):
             raise TypeError(f"KFACSqrt takes the model (an nn.Module), got {type(model).__name__}")
         defaults = dict(lr=lr, factor_decay=factor_decay, damping=damping, inv_every=inv_every,
                         factor_every=factor_every, momentum=momentum,
-                        weight_decay=weight_decay, foreach=foreach)
+                        weight_decay=weight_decay, foreach=foreach, factor_init=factor_init)
         super().__init__(model.parameters(), defaults)
         self._t = 0
         self._collect = True
@@ -246,20 +263,31 @@ class KFACSqrt(Optimizer):
         """Eq. 17-18 with the last captured batch statistics (skipped for unseen layers)."""
         if not self._pending:
             return
-        gamma = group["factor_decay"]
-        factors, batch = [], []
+        by_weight: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
         pending = kf.combine_ranks(self._pending)  # the identity without torch.distributed
         for i, (A_batch, B_batch) in pending.items():
             st = self.state[self._layers[i].weight]
+            st["factor_updates"] = n = st.get("factor_updates", 0) + 1
+            gamma = self._factor_weight(group, n)
+            factors, batch = by_weight.setdefault(gamma, ([], []))
             factors += [st["A"], st["B"]]
             batch += [A_batch, B_batch]
         self._pending.clear()
-        if group["foreach"] is False:
-            for f, b in zip(factors, batch):
-                f.mul_(1.0 - gamma).add_(b, alpha=gamma)
-        else:
-            torch._foreach_mul_(factors, 1.0 - gamma)
-            torch._foreach_add_(factors, batch, alpha=gamma)
+        for gamma, (factors, batch) in by_weight.items():
+            if group["foreach"] is False:
+                for f, b in zip(factors, batch):
+                    f.mul_(1.0 - gamma).add_(b, alpha=gamma)
+            else:
+                torch._foreach_mul_(factors, 1.0 - gamma)
+                torch._foreach_add_(factors, batch, alpha=gamma)
+
+    @staticmethod
+    def _factor_weight(group: dict, n: int) -> float:
+        """The weight of the ``n``-th batch estimate (1-based): ``gamma``, or ``max(gamma, 1/n)``
+        when the factors start from the first batches."""
+        gamma = group["factor_decay"]
+        batches = group.get("factor_init", "identity") == "batches"  # older states: identity
+        return max(gamma, 1.0 / n) if batches else gamma
 
     def _refresh_inverses(self, group: dict) -> None:
         for layer in self._layers:

@@ -42,7 +42,7 @@ class TSOALRA(KFACSqrt):
         trigger: an object with ``update(value, epoch) -> bool`` that returns ``True`` once
             (e.g. ``Plateau(patience=5)``) fed the validation loss by :meth:`end_epoch`.
         **kfac_kwargs: ``factor_decay``, ``damping``, ``inv_every``, ``factor_every``,
-            ``momentum``, ``weight_decay``, ``foreach`` of ``KFACSqrt``.
+            ``factor_init``, ``momentum``, ``weight_decay``, ``foreach`` of ``KFACSqrt``.
     """
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-2, switch_epoch: int | None = None,

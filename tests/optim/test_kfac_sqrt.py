@@ -409,3 +409,37 @@ def test_bad_hyper_parameters_raise_before_hooks(name, value):
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match="nn.Module"):
         KFACSqrt([nn.Parameter(torch.zeros(2))])
+
+
+# ---------------------------------------------------------------- start of the factors
+
+
+def test_batches_start_is_the_running_mean_of_the_first_batches_then_the_ema():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    opt = KFACSqrt(lin, lr=1e-3, factor_decay=0.25)  # factor_init="batches" by default
+    xs = [torch.randn(5, 3) for _ in range(6)]
+    expected = None
+    for n, xb in enumerate(xs, start=1):
+        opt.zero_grad()
+        lin(xb).pow(2).sum().backward()
+        opt.step()
+        batch_a = linear_A(xb)
+        if n <= 4:  # running mean of the first 1/gamma = 4 batches: no identity left
+            expected = sum(linear_A(x) for x in xs[:n]) / n
+        else:
+            expected = 0.75 * expected + 0.25 * batch_a
+        torch.testing.assert_close(opt.state[lin.weight]["A"].double(), expected)
+
+
+def test_identity_start_mixes_the_first_batch_into_the_identity():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    opt = KFACSqrt(lin, lr=1e-3, factor_decay=0.25, factor_init="identity")
+    xb = torch.randn(5, 3)
+    lin(xb).pow(2).sum().backward()
+    opt.step()
+    expected = 0.75 * torch.eye(4, dtype=torch.float64) + 0.25 * linear_A(xb)
+    torch.testing.assert_close(opt.state[lin.weight]["A"].double(), expected)
+    with pytest.raises(ValueError, match="Invalid factor_init"):
+        KFACSqrt(nn.Linear(3, 2), factor_init="zeros")

@@ -1,0 +1,121 @@
+"""Recipes as values: parsed once, overrides merged as objects (issue 14 defect 7), budget rules,
+tuning links, and ``polyak list`` showing hyper-parameters and defaults (plain text and JSON)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import polyak
+from polyak import recipes
+from polyak._recipe_parts import OfBudget, PerEpoch, WindowPerStep
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(1, 2, 3), nn.BatchNorm1d(2), nn.Flatten(), nn.Linear(20, 3))
+
+
+def test_parse_returns_one_value_with_base_averaging_defaults_and_provenance():
+    rec = recipes.parse("gadamx:lr=0.05")
+    assert isinstance(rec, recipes.Recipe)
+    assert (rec.base, rec.averaging, dict(rec.overrides)) == ("padam", "uniform", {"lr": 0.05})
+    assert rec.defaults["partial"] == 0.125 and isinstance(rec.defaults["avg_start"], OfBudget)
+    assert "Gadam" in rec.paper and rec.tuning.shares == "padam"
+    assert recipes.parse(rec) is rec
+    base, averaging, overrides = recipes.parse("asgd")  # the former tuple still unpacks
+    assert (base, averaging, overrides) == ("sgdm", "uniform", {"lr": 0.2})
+
+
+def test_a_spec_is_parsed_once_on_the_way_to_build(monkeypatch):
+    calls = []
+    real = recipes.parse
+    monkeypatch.setattr(recipes, "parse", lambda spec: calls.append(spec) or real(spec))
+    polyak.recipe("gadamx:lr=0.05", tiny(), epochs=4, steps_per_epoch=2, weight_decay=0.0)
+    assert calls == ["gadamx:lr=0.05"]
+
+
+def test_keyword_overrides_are_never_turned_into_text():
+    # issue 14 defect 7: a comma-containing string reaches the averaging unchanged and is refused
+    # there (not a spec parse error), and a non-scalar value reaches the optimizer as itself
+    with pytest.raises(ValueError, match=r"Invalid momentum: 'keep, reset'") as err:
+        polyak.recipe("pwa", tiny(), epochs=4, steps_per_epoch=2, momentum_policy="keep, reset")
+    assert not isinstance(err.value, recipes.UnknownRecipe)
+    lr = torch.tensor(0.05)
+    method = polyak.recipe("sgdm", tiny(), epochs=4, steps_per_epoch=2, lr=lr)
+    assert method.base_lrs[0] is lr
+    beta = 0.912345678901234567
+    method = polyak.recipe("adam", tiny(), epochs=4, steps_per_epoch=2, beta1=beta)
+    assert method.optimizer.param_groups[0]["betas"][0] == beta  # full precision
+
+
+def test_overrides_on_a_spec_with_overrides_and_unknown_keyword():
+    rec = recipes.parse("gadamx:lr=0.05").with_overrides(avg_start=3)
+    assert dict(rec.overrides) == {"lr": 0.05, "avg_start": 3}
+    assert rec.hyperparameters(10, 5)["avg_start"] == 3
+    with pytest.raises(recipes.UnknownRecipe, match="valid: .*avg_ratio"):
+        polyak.recipe("gadamx", tiny(), epochs=4, steps_per_epoch=2, nope=1)
+
+
+def test_budget_rules_resolve_for_the_budget():
+    assert OfBudget(161 / 300, "x", before_end=True)(300, 1) == 161
+    assert OfBudget(161 / 300, "x", before_end=True)(2, 1) == 1
+    assert PerEpoch(0.25, "x")(40, 391) == 98 and PerEpoch(0.25, "x")(40, 3) == 1
+    w = WindowPerStep(0.05, 391, "x")
+    assert w(1, 391) == pytest.approx(0.05)
+    # the same decay per epoch: (1 - gamma_32)^32 == 0.95^391
+    assert (1 - w(1, 32)) ** 32 == pytest.approx(0.95 ** 391)
+
+
+def test_tso_alra_step_counted_settings_scale_with_the_steps_per_epoch():
+    paper = recipes.hyperparameters("tso-alra", 164, 391)
+    assert paper["inv_every"] == 98 and paper["factor_decay"] == pytest.approx(0.05)
+    assert paper["switch_epoch"] == 16 and paper["factor_init"] == "batches"
+    small = recipes.hyperparameters("tso-alra", 40, 32)
+    assert small["inv_every"] == 8 and small["switch_epoch"] == 4
+    assert (1 - small["factor_decay"]) ** 32 == pytest.approx(0.95 ** 391)
+    method = polyak.recipe("tso-alra", tiny(), epochs=40, steps_per_epoch=32)
+    group = method.optimizer.param_groups[0]
+    assert group["inv_every"] == 8 and group["factor_decay"] == small["factor_decay"]
+
+
+def test_every_paper_method_declares_how_it_is_tuned():
+    tuned = {n for n in recipes.PAPER_METHODS if recipes.parse(n).tuning.tuned}
+    for name in recipes.PAPER_METHODS:
+        tuning = recipes.parse(name).tuning
+        assert tuning.protocol, name
+        if tuning.shares is not None:
+            assert tuning.shares in tuned or not recipes.parse(tuning.shares).tuning.tuned
+    links = {n: recipes.parse(n).tuning.shares for n in recipes.PAPER_METHODS}
+    assert links["gadam"] == links["gadam-auto"] == "adamw" and links["gadamx"] == "padam"
+    assert links["swa"] == links["pwa"] == "sgdm"
+    assert recipes.parse("sgdl").tuning.relative and recipes.parse("asgd").tuning.scale["lr"] == 2
+    assert max(recipes.parse("sgd").tuning.grid["lr"]) <= 0.1  # SGDL's small-lr arm
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "polyak", *args], capture_output=True, text=True)
+
+
+def test_polyak_list_shows_hyper_parameters_and_defaults_without_markup():
+    out = run_cli("list")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "``" not in out.stdout and ":class:" not in out.stdout
+    assert "defaults: lr=0.1, momentum=0.9, weight_decay=0.0005" in text  # sgdm
+    assert "switch_epoch=0.1 x epochs" in text
+
+
+def test_polyak_list_json():
+    out = run_cli("list", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    by_name = {r["name"]: r for r in rows if r["kind"] == "recipes"}
+    assert set(by_name) == set(recipes.names())
+    assert by_name["sgdm"]["hyperparameters"]["lr"] == "0.1"
+    assert by_name["gadam"]["tuning"]["shares"] == "adamw"
+    assert by_name["tso-alra"]["tuning"]["grid"]["lr"] == ["0.1", "0.01", "0.001"]
+    assert {"optimizers", "tasks"} <= {r["kind"] for r in rows}
