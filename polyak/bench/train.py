@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyak
+from polyak.bench import ddp
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.data import Splits
 from polyak.bench.data.augment import Augment, channel_stats
@@ -55,6 +56,7 @@ from polyak.bench.device import is_cuda, prepare_model
 from polyak.bench.lm import evaluate_lm, train_epoch_lm
 from polyak.bench.models import get_model
 from polyak.bench.tasks import Task
+from polyak.distributed import is_distributed, rank_slice
 
 __all__ = ["Batches", "RunResult", "train_run", "build_method", "resolve_overrides",
            "evaluate", "make_model", "steps_per_epoch", "task_splits", "transforms",
@@ -170,6 +172,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
+    total = len(x)
+    if is_distributed():  # each rank its share; the sums all-reduced below
+        part = rank_slice(len(x))
+        x, y = x[part], y[part]
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         out = model(xb if transform is None else transform(xb))
@@ -177,64 +183,86 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         loss_sum += F.cross_entropy(out, target, reduction="sum").item()
         correct += int((out.argmax(1) == target).sum())
     model.train(was_training)
-    return loss_sum / len(x), correct / len(x)
+    if is_distributed():
+        loss_sum, correct = ddp.global_sums(loss_sum, correct)
+    return loss_sum / total, correct / total
 
 
 def train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int, generator: torch.Generator,
                  transform: Transform | None = None) -> tuple[float, float]:
     """One epoch in the order ``generator`` draws (on the CPU); each batch through ``transform``
-    (the augmentation) when given; (mean loss, accuracy) of the clean forward passes."""
+    (the augmentation) when given; (mean loss, accuracy) of the clean forward passes.
+
+    Under DDP (``model`` a ``DistributedDataParallel``) each rank takes its part of every global
+    batch and scales its loss (:func:`polyak.bench.ddp.local_part`); the epoch's sums are
+    all-reduced."""
     model.train()
     order = torch.randperm(len(x), generator=generator).to(x.device)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
+        idx, scale = ddp.local_part(order[i:i + batch_size])
         xb, yb = x[idx], y[idx]
         if transform is not None:
             xb = transform(xb)
         first = [True]
 
-        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: list = first
-                    ) -> torch.Tensor:
+        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: list = first,
+                    scale: float = scale) -> torch.Tensor:
             out = model(xb)
             loss = F.cross_entropy(out, yb)
             if first[0]:
                 first[0] = False
                 loss_sum.add_(loss.detach() * len(yb))
                 correct.add_((out.detach().argmax(1) == yb).sum())
-            return loss
+            return loss if scale == 1.0 else loss * scale
 
         method.step(closure)
+    if is_distributed():
+        return tuple(v / len(x) for v in ddp.global_sums(loss_sum.item(), correct.item()))
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
 def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
           mean: torch.Tensor | None, std: torch.Tensor | None) -> tuple[Any, Any, Any]:
-    """(one training epoch, evaluation on (x, y), the bn_loader) for the task's kind."""
+    """(one training epoch, evaluation on (x, y), the bn_loader) for the task's kind; under
+    torch.distributed the training passes go through DDP and each rank recalibrates BatchNorm
+    on its share of the batches (:mod:`polyak.bench.ddp`)."""
     size, eval_size = task.batch_size, task.eval_batch_size
+    if task.kind == "lm" and is_distributed():
+        raise ValueError(f"Invalid task for torchrun: {task.name} is a language model "
+                         "(data-parallel runs support the image and MNIST-1D tasks)")
+    net = ddp.wrap(model)
     if task.kind == "lm":
         return (lambda: train_epoch_lm(method, model, splits.x_train, splits.y_train, size),
                 lambda x, y: evaluate_lm(model, x, y, eval_size), None)
     order = torch.Generator().manual_seed(seed)  # the batch order, drawn on the CPU
     train_tf, eval_tf = transforms(task, mean, std, seed, splits.x_train.device)
-    return (lambda: train_epoch(method, model, splits.x_train, splits.y_train, size, order,
+    bn_loader = Batches(splits.x_train, splits.y_train, size, eval_tf)
+    return (lambda: train_epoch(method, net, splits.x_train, splits.y_train, size, order,
                                  train_tf),
             lambda x, y: evaluate(model, x, y, eval_size, eval_tf),
-            Batches(splits.x_train, splits.y_train, size, eval_tf))
+            ddp.RankBatches(bn_loader) if is_distributed() else bn_loader)
 
 
 def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
               on_epoch: Callable[[dict[str, float]], None] | None = None,
-              checkpoints: CheckpointPolicy | None = None) -> RunResult:
+              checkpoints: CheckpointPolicy | None = None, sync_bn: bool = False) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget);
-    ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``)."""
+    ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``).
+
+    Under ``torch.distributed`` (``torchrun ... polyak train``) the same run trains
+    data-parallel (:mod:`polyak.bench.ddp`); ``sync_bn`` converts BatchNorm to
+    ``SyncBatchNorm`` (CUDA only); files are written by rank 0."""
     epochs = task.epochs if epochs is None else epochs
     start = time.perf_counter()
     splits, mean, std = task_splits(task)
     seed_everything(seed)
-    model = prepare_model(make_model(task, splits), task.device, autocast=task.autocast)
+    model = make_model(task, splits)
+    if sync_bn:
+        model = ddp.convert_sync_bn(model, task.device)
+    model = prepare_model(model, task.device, autocast=task.autocast)
     method = build_method(task, spec, model, epochs, steps_per_epoch(task, splits))
     fit, score, bn_loader = _loop(task, splits, model, method, seed, mean, std)
     result = RunResult(status="complete")
@@ -254,8 +282,8 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
                       time=time.perf_counter() - start)
         result.records.append(record)
         if checkpoints is not None:
-            checkpoints.maybe_save(model, task=task.name, method=spec, seed=seed, epoch=epoch,
-                                   epochs=epochs, lr=lr)
+            ddp.on_rank0(checkpoints.maybe_save, model, task=task.name, method=spec, seed=seed,
+                         epoch=epoch, epochs=epochs, lr=lr)
         if on_epoch is not None:
             on_epoch(record)
         if not (math.isfinite(val[0]) and math.isfinite(test[0])):

@@ -1,0 +1,81 @@
+"""``polyak train``: one run as JSON (last stdout line and --out), bad input, and under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import polyak.cli.train  # noqa: F401  (registers the command)
+from polyak.bench.tasks import TASKS
+from polyak.bench.train import train_run
+from polyak.cli import main
+
+
+@pytest.fixture
+def tiny(tiny_mlp_task, monkeypatch):
+    task = tiny_mlp_task.replace(name="tiny")
+    monkeypatch.setitem(TASKS, "tiny", task)
+    return task
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_train_prints_the_bench_run_as_json(capsys, tmp_path, tiny):
+    code, out, err = run(capsys, "train", "--task", "tiny", "--method", "swa", "--seed", "2",
+                         "--epochs", "2", "--out", str(tmp_path / "r"), "--device", "cpu")
+    assert code == 0, err
+    data = json.loads(out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "r" / "result.json").read_text()) == data
+    want = train_run(tiny, "swa", 2, 2)  # the benchmark's run of (task, method, seed)
+    assert (data["status"], data["world_size"], data["seed"]) == ("complete", 1, 2)
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in want.records]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in data["records"]] == strip
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "no-such-method"], "no-such-method"),
+    (["--method", "swa", "--epochs", "0"], "Invalid epochs"),
+    (["--method", "swa", "--seed", "-1"], "Invalid seed"),
+    (["--method", "swa", "--sync-bn", "--device", "cpu"], "sync-bn"),
+])
+def test_bad_train_input_is_one_line(capsys, tiny, args, needle):
+    code, _, err = run(capsys, "train", "--task", "tiny", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def _polyak_train(prefix, cache, *args):
+    env = {**os.environ, "POLYAK_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [*prefix, "-m", "polyak", "train", "--task", "mnist1d-mlp", "--seed", "1",
+           "--device", "cpu", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path):
+    """torchrun --nproc_per_node=2 -m polyak train == python -m polyak train (MLP, no BN)."""
+    from polyak.bench.tasks import get_task
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLYAK_CACHE", str(tmp_path))
+        get_task("mnist1d-mlp").load()  # generate the data once, before two ranks read it
+    args = ("--method", "swa", "--epochs", "2")
+    one = _polyak_train([sys.executable], tmp_path, *args)
+    two = _polyak_train([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                         "--nproc_per_node=2"], tmp_path, *args)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["status"] == two["status"] == "complete"
+    for a, b in zip(one["records"], two["records"], strict=True):
+        for key in ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-4 if "acc" in key else 0)
