@@ -11,45 +11,81 @@ A training loop talks to one object::
     with method.eval_weights(bn_loader=loader):
         evaluate(model)
 
+or, where the optimizer allows it (not SAM, which needs the loss at two points), torch-style::
+
+        method.backward(loss_fn(model(x), y))   # or loss.backward() without scaler/accumulation
+        method.step()
+
 The pieces are independent and any combination works:
 
 - ``optimizer``: any ``torch.optim.Optimizer``. A SAM-style optimizer (one with ``first_step`` and
-  ``second_step``) gets the closure and evaluates it twice; an optimizer with ``end_epoch`` (e.g.
+  ``second_step``) gets both passes from the closure; an optimizer with ``end_epoch`` (e.g.
   TSO-ALRA, which switches itself to SGD) is told about every epoch end and the validation loss; a
   schedule-free optimizer (with ``train()``/``eval()``) is switched to its evaluation point inside
   :meth:`Method.eval_weights`.
 - ``schedule``: a function of the epoch returning a factor of each group's base learning rate
   (see :mod:`polyak.schedules`), applied at the start of every epoch, or every step with
-  ``per_step=True``.
+  ``per_step=True``; ``warmup_steps`` multiplies it by the linear ramp ``min(1, (t+1)/W)`` over
+  the first ``W`` optimizer steps. Groups added later (``optimizer.add_param_group``) are
+  scheduled from their own lr. A Method that schedules refuses an lr changed by anything else
+  (e.g. a torch LR scheduler); build it with ``schedule=None`` to leave the lr to your scheduler.
 - ``averaging``: a weight average of :mod:`polyak.averaging` (Uniform, EMA, PhaseWise). With an
   ``averaging_trigger`` (GadamAuto) it collects only from the epoch the trigger fires on.
 - ``switches``: :class:`SwitchOptimizer` pieces that replace the optimizer once, at an epoch or
   when a trigger fires (e.g. Gadam + Lookahead: Lookahead until the averaging starts).
 - ``stop_trigger``: early stopping; :attr:`Method.should_stop` becomes true when it fires.
+- the step pieces of :mod:`polyak.loop`: ``clip`` (:class:`~polyak.loop.ClipGradNorm` or
+  :class:`~polyak.loop.ClipGradValue`, applied to the gradient each pass steps with),
+  ``scaler`` (a ``torch.amp.GradScaler``), ``accumulate`` (micro-batches per optimizer step) and
+  ``nonfinite`` (``"raise"``: a non-finite loss or gradient is an error at that step;
+  ``"skip"``: the step is dropped and counted in :attr:`Method.skipped_steps`). A dropped step
+  (also a GradScaler overflow) updates no weight, average, trigger or step counter.
 
 Triggers are fed the validation accuracy when their ``mode`` is ``"max"`` and the validation loss
-when it is ``"min"``.
+when it is ``"min"``. Epochs are 0-based and every one is reported, in order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from polyak._step import NonFiniteError, Stepping
+from polyak.loop import Accumulation, ClipGradNorm, ClipGradValue
+
+__all__ = ["Method", "SwitchOptimizer", "NonFiniteError", "ClipGradNorm", "ClipGradValue"]
 
 Schedule = Callable[[float], float]
+
+def _trigger_mode(trigger: Any) -> str:
+    return getattr(trigger, "mode", "min")
 
 
 def _metric_for(trigger: Any, val_loss: float | None, val_acc: float | None, who: str) -> float:
     """The metric a trigger watches: accuracy for mode "max", loss for mode "min"."""
-    value = val_acc if getattr(trigger, "mode", "min") == "max" else val_loss
+    name = "val_acc" if _trigger_mode(trigger) == "max" else "val_loss"
+    value = val_acc if name == "val_acc" else val_loss
     if value is None:
-        name = "val_acc" if getattr(trigger, "mode", "min") == "max" else "val_loss"
         raise ValueError(f"{who} watches {name}: pass {name}= to end_epoch")
+    if math.isnan(float(value)):
+        raise ValueError(f"Invalid {name}: nan ({who} needs a number)")
     return float(value)
+
+
+def _check_trigger(trigger: Any, who: str) -> None:
+    if trigger is None:
+        return
+    if not callable(getattr(trigger, "update", None)):
+        raise ValueError(f"Invalid {who}: {trigger!r} (an object with update(value, epoch))")
+    if _trigger_mode(trigger) not in ("min", "max"):
+        raise ValueError(f"Invalid {who} mode: {_trigger_mode(trigger)!r} (allowed: 'min' to "
+                         "watch val_loss, 'max' to watch val_acc)")
 
 
 class SwitchOptimizer:
@@ -90,31 +126,66 @@ class SwitchOptimizer:
             self.trigger.load_state_dict(state["trigger"])
 
 
-class Method:
-    """One training method: the object a training loop talks to (see the module docstring)."""
+class Method(Stepping):
+    """One training method: the object a training loop talks to (see the module docstring).
+
+    Counters: :attr:`steps` (optimizer steps taken), :attr:`skipped_steps` (steps dropped for a
+    non-finite value or a GradScaler overflow), :attr:`epochs_done`; :attr:`last_step_skipped`
+    and :attr:`last_grad_norm` (the norm :class:`~polyak.loop.ClipGradNorm` measured, before
+    clipping) describe the last optimizer step.
+    """
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
         schedule: Schedule | None = None, per_step: bool = False, steps_per_epoch: int = 1,
         averaging: Any = None, averaging_trigger: Any = None,
         switches: Iterable[SwitchOptimizer] = (), stop_trigger: Any = None, name: str = "",
+        clip: Callable[[list[Tensor]], Tensor | None] | None = None, scaler: Any = None,
+        accumulate: int = 1, warmup_steps: int = 0, nonfinite: str = "raise",
     ) -> None:
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (an integer >= 1)")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} (an integer >= 0)")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"Invalid nonfinite: {nonfinite!r} (allowed: 'raise', 'skip')")
+        if clip is not None and not callable(clip):
+            raise ValueError(f"Invalid clip: {clip!r} (ClipGradNorm(...), ClipGradValue(...) or "
+                             "a callable(parameters))")
+        if scaler is not None and not all(hasattr(scaler, a) for a in ("scale", "unscale_",
+                                                                       "update")):
+            raise ValueError(f"Invalid scaler: {scaler!r} (a torch.amp.GradScaler)")
+        for trigger, who in ((averaging_trigger, "averaging_trigger"),
+                             (stop_trigger, "stop_trigger")):
+            _check_trigger(trigger, who)
         self.model, self.optimizer, self.name = model, optimizer, name
         self.schedule, self.per_step, self.steps_per_epoch = schedule, per_step, steps_per_epoch
         self.averaging, self.averaging_trigger = averaging, averaging_trigger
         self.switches, self.stop_trigger = list(switches), stop_trigger
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.clip, self.scaler, self.nonfinite = clip, scaler, nonfinite
+        self.warmup_steps = warmup_steps
+        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         self.steps = 0            # optimizer steps taken
+        self.skipped_steps = 0    # optimizer steps dropped (non-finite, GradScaler overflow)
         self.epochs_done = 0      # end_epoch calls
         self.averaging_started = averaging_trigger is None
         self.should_stop = False
+        self.last_step_skipped = False
+        self.last_grad_norm: float | None = None
+        self._accumulation = Accumulation(accumulate)
+        self._closures: list[Callable[[], Tensor]] = []   # SAM: the cycle's micro-batches
+        self._cycle_loss: Tensor | None = None            # sum of the cycle's losses
+        self._applied_lrs: list[float] | None = None
         if self._is_schedule_free():
             optimizer.train()
         self._apply_lr()
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def accumulate(self) -> int:
+        """Micro-batches (calls of :meth:`step`) per optimizer step."""
+        return self._accumulation.n
+
     def _is_sam(self) -> bool:
         return hasattr(self.optimizer, "first_step") and hasattr(self.optimizer, "second_step")
 
@@ -122,13 +193,50 @@ class Method:
         opt = self.optimizer
         return callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))
 
-    def _apply_lr(self) -> None:
-        if self.schedule is None:
+    @property
+    def schedules_lr(self) -> bool:
+        """Whether this Method sets the learning rate (a schedule or a warm-up)."""
+        return self.schedule is not None or self.warmup_steps > 0
+
+    def _lr_factor(self) -> float:
+        factor = 1.0
+        if self.schedule is not None:
+            progress = self.steps / self.steps_per_epoch if self.per_step else self.epochs_done
+            factor = float(self.schedule(progress))
+        if self.steps < self.warmup_steps:
+            factor *= (self.steps + 1) / self.warmup_steps
+        return factor
+
+    def _sync_groups(self) -> None:
+        """Adopt param groups added since the last step; refuse an lr set by someone else."""
+        groups = self.optimizer.param_groups
+        if len(groups) > len(self.base_lrs):
+            new = [float(g["lr"]) for g in groups[len(self.base_lrs):]]
+            self.base_lrs += new
+            if self._applied_lrs is not None:
+                self._applied_lrs += new
+        if self._applied_lrs is None or not self.schedules_lr:
             return
-        progress = self.steps / self.steps_per_epoch if self.per_step else self.epochs_done
-        factor = float(self.schedule(progress))
+        for i, (group, lr) in enumerate(zip(groups, self._applied_lrs)):
+            if float(group["lr"]) != lr:
+                raise ValueError(
+                    f"The learning rate of param group {i} is {float(group['lr']):.6g}, not the "
+                    f"{lr:.6g} this Method set: something else (a torch LR scheduler?) changes "
+                    "it while the Method schedules it. Let one of them own the lr: drop the "
+                    "other scheduler, or set method.schedule = None and method.warmup_steps = 0 "
+                    "(or build the Method with schedule=None) to hand the lr to it")
+
+    def _apply_lr(self) -> None:
+        if not self.schedules_lr:
+            return
+        self._sync_groups()
+        factor = self._lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(base * factor)
+            else:
+                group["lr"] = base * factor
+        self._applied_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
 
     @property
     def lr(self) -> float:
@@ -136,40 +244,19 @@ class Method:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ events
-    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """One optimizer step on the batch ``closure`` evaluates; returns its (clean) loss."""
-        opt = self.optimizer
-        if self.per_step:
-            self._apply_lr()
-        if self._is_sam():
-            def closure_with_backward() -> torch.Tensor:
-                opt.zero_grad(set_to_none=True)
-                loss = closure()
-                loss.backward()
-                return loss
-            loss = opt.step(closure_with_backward)
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss = closure()
-            loss.backward()
-            opt.step()
-        self.steps += 1
-        if self.averaging is not None and self.averaging_started:
-            step_hook = getattr(self.averaging, "step", None)
-            if step_hook is not None:
-                step_hook()
-        return loss.detach()
-
     def end_epoch(
         self, epoch: int, val_loss: float | None = None, val_acc: float | None = None,
         bn_loader: Iterable[Any] | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
-        """Tell every piece that ``epoch`` (0-based) ended; then set next epoch's learning rate."""
-        if self.averaging_trigger is not None and not self.averaging_started:
-            metric = _metric_for(self.averaging_trigger, val_loss, val_acc, "averaging_trigger")
-            self.averaging_started = bool(self.averaging_trigger.update(metric, epoch))
-        if self.averaging is not None and self.averaging_started:
-            self.averaging.end_epoch(epoch, bn_loader=bn_loader)
+        """Tell every piece that ``epoch`` (0-based, the next one) ended; then set the next
+        epoch's learning rate. ``bn_loader``/``forward`` reach the averaging (PWA recalibrates
+        BatchNorm at a phase end). Raising leaves the Method as it was."""
+        self._check_epoch(epoch)
+        self._check_metrics(val_loss, val_acc)
+        if self._accumulation.count:          # a cycle cut short by the end of the epoch
+            self._optimizer_step()
+        self._end_averaging(epoch, val_loss, val_acc, bn_loader, forward)
         on_epoch = getattr(self.optimizer, "end_epoch", None)
         if callable(on_epoch):
             on_epoch(epoch, val_loss=val_loss)
@@ -182,6 +269,44 @@ class Method:
         self.epochs_done = epoch + 1
         if not self.per_step:
             self._apply_lr()
+
+    def _check_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch != self.epochs_done:
+            raise ValueError(
+                f"Invalid epoch: {epoch!r} (expected {self.epochs_done}: end_epoch takes every "
+                "epoch, 0-based and in order; to resume a run, load_state_dict() a checkpoint "
+                "of this Method first)")
+
+    def _check_metrics(self, val_loss: float | None, val_acc: float | None) -> None:
+        """Every metric this epoch's triggers will read is there, before anything changes."""
+        watchers = [("averaging_trigger", self.averaging_trigger, not self.averaging_started),
+                    ("stop_trigger", self.stop_trigger, not self.should_stop)]
+        watchers += [("SwitchOptimizer", s.trigger, s.done_epoch is None) for s in self.switches]
+        for who, trigger, active in watchers:
+            if trigger is not None and active:
+                _metric_for(trigger, val_loss, val_acc, who)
+        opt = self.optimizer
+        if (getattr(opt, "trigger", None) is not None and not getattr(opt, "switched", True)
+                and callable(getattr(opt, "end_epoch", None))):
+            _metric_for(opt.trigger, val_loss, None, type(opt).__name__)
+
+    def _end_averaging(self, epoch, val_loss, val_acc, bn_loader, forward) -> None:
+        trigger, avg = self.averaging_trigger, self.averaging
+        saved = None
+        if trigger is not None and not self.averaging_started:
+            saved = copy.deepcopy(trigger.state_dict())
+            metric = _metric_for(trigger, val_loss, val_acc, "averaging_trigger")
+            self.averaging_started = bool(trigger.update(metric, epoch))
+        try:
+            if avg is not None and self.averaging_started:
+                avg.end_epoch(epoch, bn_loader=bn_loader, forward=forward)
+            elif avg is not None and callable(getattr(avg, "skip_to", None)):
+                avg.skip_to(epoch + 1)
+        except BaseException:
+            if saved is not None:
+                trigger.load_state_dict(saved)
+                self.averaging_started = False
+            raise
 
     @contextlib.contextmanager
     def eval_weights(
@@ -221,6 +346,7 @@ class Method:
         return {
             "optimizer": self.optimizer.state_dict(), "base_lrs": list(self.base_lrs),
             "steps": self.steps, "epochs_done": self.epochs_done,
+            "skipped_steps": self.skipped_steps, "scaler": sd(self.scaler),
             "averaging_started": self.averaging_started, "should_stop": self.should_stop,
             "averaging": sd(self.averaging), "averaging_trigger": sd(self.averaging_trigger),
             "stop_trigger": sd(self.stop_trigger),
@@ -241,12 +367,19 @@ class Method:
                 raise ValueError(f"state_dict {name} does not match this Method's")
             if obj is not None:
                 obj.load_state_dict(state[name])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.base_lrs = list(state["base_lrs"])
         self.steps, self.epochs_done = state["steps"], state["epochs_done"]
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.averaging_started, self.should_stop = state["averaging_started"], state["should_stop"]
+        self._accumulation.reset()
+        self._closures, self._cycle_loss = [], None
+        self._applied_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def __repr__(self) -> str:
         parts = [type(self.optimizer).__name__]
         if self.averaging is not None:
             parts.append(type(self.averaging).__name__)
         return f"Method({self.name!r}: {' + '.join(parts)})"
+

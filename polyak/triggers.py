@@ -45,6 +45,7 @@ class Plateau:
         self.epochs_seen = 0
         self.fired = False
         self.fired_epoch: int | None = None
+        self.last_epoch: int | None = None
 
     def _improves(self, value: float) -> bool:
         if self.best is None:
@@ -59,6 +60,11 @@ class Plateau:
         if math.isnan(value):
             raise ValueError("Plateau.update got NaN: the metric is undefined")
         epoch = self.epochs_seen if epoch is None else int(epoch)
+        if self.last_epoch is not None and epoch <= self.last_epoch:
+            raise ValueError(
+                f"Invalid epoch: {epoch} (the last update was for epoch {self.last_epoch}: one "
+                "update per epoch, in order; to resume, load_state_dict() a checkpoint first)")
+        self.last_epoch = epoch
         self.epochs_seen += 1
         if self.fired:
             return False
@@ -73,7 +79,7 @@ class Plateau:
 
     def state_dict(self) -> dict[str, Any]:
         keys = ("patience", "mode", "min_delta", "best", "best_epoch", "num_bad", "epochs_seen",
-                "fired", "fired_epoch")
+                "fired", "fired_epoch", "last_epoch")
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -1,18 +1,22 @@
 """What every weight average shares: a flat copy of the parameters, when to collect, swapping in.
 
-Only parameters are averaged, never buffers (METHODS.md sec. 5): BatchNorm statistics of averaged
-weights are recomputed (:func:`polyak.averaging.recalibrate_bn`). The average is a flat list of
-tensors, one per parameter, of the parameter's shape and dtype: no copy of the module, no other
-per-parameter buffer. Per-collection updates run as multi-tensor ``torch._foreach_*`` kernels
-(``foreach=True``) or as a loop over single tensors (``foreach=False``, the reference path); both
-compute the same floating-point operations in the same order.
+Only parameters are averaged, never buffers (docs/methods.md, "Weight averages"): BatchNorm
+statistics of averaged weights are recomputed (:func:`polyak.averaging.recalibrate_bn`). The
+average is a flat list of tensors, one per parameter, of the parameter's shape and dtype: no
+copy of the module, no other per-parameter buffer. Per-collection updates run as multi-tensor
+``torch._foreach_*`` kernels (``foreach=True``) or as a loop over single tensors
+(``foreach=False``, the reference path); both compute the same floating-point operations in the
+same order.
 
 Sharded training (FSDP2's ``fully_shard``): parameters are ``DTensor`` shards; the average of
 each is a ``DTensor`` of the same placements, so a rank holds and updates only its own shard (no
 full copy, no gather). Under DDP the parameters are identical on every rank, and so are the
 averages, without any communication.
 
-Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of training.
+Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of
+training, every epoch and in order (a repeated or out-of-order epoch is a ValueError). Every
+event leaves the object as it was when it raises. Parameters with ``requires_grad=False`` are
+never written.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polyak.averaging.bn import Forward, recalibrate_bn, saved_bn_buffers
+from polyak.averaging.bn import Forward, bn_modules, recalibrate_bn, saved_bn_buffers
 
 __all__ = ["WeightAverage"]
 
@@ -155,9 +159,35 @@ class WeightAverage:
         raise NotImplementedError
 
     def _write_into(self, params: list[Tensor], divisor: float) -> None:
-        self._copy_(params, self.average)
+        """``params <- average / divisor`` for the trainable parameters; a parameter with
+        ``requires_grad=False`` is left exactly as it is (its average is itself, up to rounding)."""
+        pairs = [(p, a) for p, a in zip(params, self.average) if p.requires_grad]
+        if not pairs:
+            return
+        dst, src = [p for p, _ in pairs], [a for _, a in pairs]
+        self._copy_(dst, src)
         if divisor != 1.0:
-            self._div_(params, divisor)
+            self._div_(dst, divisor)
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """On an exception inside the block: the average, its counters, the model's parameters
+        and BatchNorm buffers are put back as they were before it (then it re-raises)."""
+        counters = {k: getattr(self, k) for k in ("n_averaged", "collected", "steps", "epoch")}
+        with torch.no_grad():
+            average = [a.clone() for a in self.average]
+            params = list(self.model.parameters())
+            live = [p.detach().clone() for p in params]
+        try:
+            with _bn_restored_on_error(self.model):
+                yield
+        except BaseException:
+            with torch.no_grad():
+                self._copy_(self.average, average)
+                self._copy_(params, live)
+            for k, v in counters.items():
+                setattr(self, k, v)
+            raise
 
     @torch.no_grad()
     def _collect(self) -> None:
@@ -171,24 +201,49 @@ class WeightAverage:
 
         Steps are counted from the object's creation; a step collects when the step count is a
         multiple of ``every`` and the running epoch (0-based) is at least ``start_epoch``.
+        Raising (e.g. the model's parameters changed) leaves the average and counters as they were.
         """
-        self.steps += 1
-        every = self.every
-        if every != "epoch" and self.steps % every == 0 and self.epoch >= self.start_epoch:
+        every, steps = self.every, self.steps + 1
+        if every != "epoch" and steps % every == 0 and self.epoch >= self.start_epoch:
             self._collect()
+        self.steps = steps
+
+    def _check_next(self, epoch: int) -> int:
+        """``epoch`` if it is the next one to end, else a ValueError saying what to do."""
+        epoch = check_epoch(epoch)
+        if epoch != self.epoch:
+            raise ValueError(
+                f"Invalid epoch: {epoch} (expected {self.epoch}: {type(self).__name__} takes "
+                "every epoch, 0-based and in order; to resume, load_state_dict() a checkpoint "
+                "of it first; to start later without collecting, call skip_to(epoch))"
+            )
+        return epoch
+
+    def skip_to(self, epoch: int) -> None:
+        """Epochs before ``epoch`` (0-based) ended and none is collected; the next
+        :meth:`end_epoch` is for ``epoch``. For a caller that decides itself when collection
+        starts (e.g. ``Method`` before its averaging trigger fires)."""
+        epoch = check_epoch(epoch)
+        if epoch < self.epoch:
+            raise ValueError(f"Invalid epoch: {epoch} (skip_to goes forward: {self.epoch} "
+                             "epochs have already ended)")
+        self._params()
+        self.epoch = epoch
 
     def end_epoch(
         self, epoch: int, bn_loader: Iterable[Any] | None = None, forward: Forward | None = None,
     ) -> None:
-        """Call after epoch ``epoch`` (0-based); collects when ``every="epoch"`` and
-        ``epoch >= start_epoch``. ``bn_loader``/``forward`` are accepted for a uniform interface
-        and unused here: BatchNorm is recalibrated when the average is used (:meth:`applied`)."""
-        epoch = check_epoch(epoch)
-        self.epoch = epoch + 1
+        """Call after epoch ``epoch`` (0-based, the next one: a repeated, earlier or skipped
+        epoch is a ValueError); collects when ``every="epoch"`` and ``epoch >= start_epoch``.
+        ``bn_loader``/``forward`` are accepted for a uniform interface and unused here:
+        BatchNorm is recalibrated when the average is used (:meth:`applied`). Raising leaves the
+        average and counters as they were."""
+        epoch = self._check_next(epoch)
         if self.every == "epoch" and epoch >= self.start_epoch:
             self._collect()
         else:
             self._params()
+        self.epoch = epoch + 1
 
     # ------------------------------------------------------------------ using the average
     @property
@@ -305,6 +360,19 @@ def _zeros_for(p: Tensor, device: torch.device | None) -> Tensor:
     if device is None and _is_sharded(p):
         return torch.zeros_like(p)
     return torch.zeros(p.shape, dtype=p.dtype, device=device or p.device)
+
+
+@contextlib.contextmanager
+def _bn_restored_on_error(model: nn.Module) -> Iterator[None]:
+    saved = [(buf, buf.detach().clone()) for m in bn_modules(model)
+             for buf in m.buffers(recurse=False)]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+        raise
 
 
 def _brief(shapes: list[tuple[int, ...]], limit: int = 4) -> str:

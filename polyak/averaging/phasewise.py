@@ -1,5 +1,5 @@
 """Phase-wise parameter aggregation (PWA): Kobayashi, "Phase-wise Parameter Aggregation for
-Improving SGD Optimization", eq. (3) and Algorithm 1; METHODS.md sec. 6.
+Improving SGD Optimization", eq. (3) and Algorithm 1; docs/methods.md, "PWA".
 
 Training is a sequence of phases of constant learning rate, of ``T_p`` epochs each. In phase p,
 with ``gamma = gamma0^(T_ref/T_p)``:
@@ -9,8 +9,9 @@ with ``gamma = gamma0^(T_ref/T_p)``:
     at its end          w <- avg / (1-gamma^T_p)                      (Alg. 1 line 10)
 
 i.e. ``w <- sum_t (1-gamma) gamma^(T_p-t) / (1-gamma^T_p) * w_t``, written into the live model
-(every parameter), after which BatchNorm is recalibrated (when a loader is given) and the next
-phase trains on from the aggregate. ``gamma^T_p = gamma0^T_ref`` for every phase length.
+(every trainable parameter; ``requires_grad=False`` ones are left as they are), after which
+BatchNorm is recalibrated (when a loader is given) and the next phase trains on from the
+aggregate. ``gamma^T_p = gamma0^T_ref`` for every phase length.
 
 Not built on ``torch.optim.swa_utils.get_ema_multi_avg_fn``: its copy-on-first-update would give
 the first epoch weight ``gamma^(T-1)`` instead of ``(1-gamma)gamma^(T-1)/(1-gamma^T)``.
@@ -176,7 +177,9 @@ class PhaseWise(WeightAverage):
         self, epoch: int, bn_loader: Iterable[Any] | None = None, forward: Forward | None = None,
     ) -> None:
         """Aggregate after epoch ``epoch`` (0-based, consecutive); at a phase end write the
-        aggregate into the model, recalibrate BatchNorm on ``bn_loader`` and apply ``momentum``."""
+        aggregate into the model, recalibrate BatchNorm on ``bn_loader`` (through ``forward``)
+        and apply ``momentum``. When it raises, the model, its BatchNorm buffers, the aggregate
+        and the phase bookkeeping are as they were before the call."""
         epoch = check_epoch(epoch)
         if self.finished:
             raise ValueError(
@@ -189,10 +192,18 @@ class PhaseWise(WeightAverage):
                 "0-based and in order; use load_state_dict to resume)"
             )
         T_p = self.phases[self.phase_index]
-        self._collect()
-        if self.n_averaged == T_p:
-            self._end_phase(bn_loader, forward)
+        if self.n_averaged + 1 < T_p:
+            self._collect()
+        else:   # a phase end: all of it or (on an exception, e.g. from bn_loader) none of it
+            with self._all_or_nothing():
+                self._collect()
+                self._end_phase(bn_loader, forward)
         self.epoch = epoch + 1
+
+    def skip_to(self, epoch: int) -> None:
+        """Not for PhaseWise: every epoch of every phase is aggregated."""
+        raise ValueError("PhaseWise cannot skip epochs: every epoch of a phase is aggregated "
+                         "(call end_epoch after each one)")
 
     @torch.no_grad()
     def _end_phase(self, bn_loader: Iterable[Any] | None, forward: Forward | None) -> None:

@@ -57,6 +57,7 @@ from polyak.bench.lm import evaluate_lm, train_epoch_lm
 from polyak.bench.models import get_model
 from polyak.bench.tasks import Task
 from polyak.distributed import is_distributed, rank_slice
+from polyak.method import NonFiniteError
 
 __all__ = ["Batches", "RunResult", "train_run", "build_method", "resolve_overrides",
            "evaluate", "make_model", "steps_per_epoch", "task_splits", "transforms",
@@ -268,7 +269,11 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
     result = RunResult(status="complete")
     for epoch in range(epochs):
         lr = float(method.lr)
-        train_loss, train_acc = fit()
+        try:
+            train_loss, train_acc = fit()
+        except NonFiniteError as exc:   # Method(nonfinite="raise") stopped at the step
+            result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
+            break
         live_val = score(splits.x_val, splits.y_val)
         if not all(math.isfinite(v) for v in (train_loss, *live_val)):
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"

@@ -51,6 +51,11 @@ full backward hooks break models that modify a layer's output in place
 (``Conv2d -> ReLU(inplace=True)``, as in VGG and AlexNet, the paper's models).
 
 A model without any supported layer triggers a ``UserWarning`` and is trained by plain SGD.
+``nn.MultiheadAttention`` (as in ``nn.TransformerEncoder``) calls its projections functionally
+(``in_proj_weight``, ``out_proj.weight``): nothing can be captured for them, so they get plain SGD
+and a ``UserWarning`` names the attention modules; the feed-forward Linear layers around them are
+preconditioned. A supported layer whose forward did not run in the first step (used
+functionally elsewhere) is named in a second ``UserWarning``.
 """
 
 from __future__ import annotations
@@ -102,10 +107,10 @@ def _validate(lr, factor_decay, damping, inv_every, factor_every, momentum, weig
 class _Layer:
     """One preconditioned layer: its module, parameters and forward-hook handle."""
 
-    __slots__ = ("module", "weight", "bias", "handle")
+    __slots__ = ("module", "name", "weight", "bias", "handle")
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
+    def __init__(self, module: nn.Module, name: str = "") -> None:
+        self.module, self.name = module, name
         self.weight: Tensor = module.weight
         self.bias: Tensor | None = module.bias
         self.handle: Any = None
@@ -130,6 +135,12 @@ def _grad_hook(ref: weakref.ref, index: int, x: Tensor, grad: Tensor) -> None:
         A = kf.input_factor(module, x, dtype)
         B = kf.grad_factor(module, grad, n, dtype)
     opt._pending[index] = (A, B, n)
+
+
+def _functional_layers(model: nn.Module) -> set[int]:
+    """ids of the Linear modules whose weights ``nn.MultiheadAttention`` uses functionally
+    (``out_proj``: its forward is never called)."""
+    return {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
 
 
 class KFACSqrt(Optimizer):
@@ -171,6 +182,15 @@ class KFACSqrt(Optimizer):
         self._collect = True
         self._pending: dict[int, tuple[Tensor, Tensor, int]] = {}
         self._layers = self._find_layers(model)
+        self._unseen_checked = False
+        attention = [n or "model" for n, m in model.named_modules()
+                     if isinstance(m, nn.MultiheadAttention)]
+        if attention:
+            warnings.warn(f"{type(self).__name__}: nn.MultiheadAttention computes its "
+                          "projections functionally, so their inputs and output gradients "
+                          f"cannot be captured: {', '.join(attention)} (in_proj and out_proj) "
+                          "get plain SGD; the other Linear/Conv layers are preconditioned",
+                          UserWarning, stacklevel=2)
         if not self._layers:
             warnings.warn(f"{type(self).__name__}: the model has no Linear/Conv1d/Conv2d "
                           "(groups=1) layer to precondition; every parameter gets plain SGD",
@@ -182,15 +202,29 @@ class KFACSqrt(Optimizer):
 
     def _find_layers(self, model: nn.Module) -> list[_Layer]:
         owned = {id(p) for g in self.param_groups for p in g["params"]}
+        functional = _functional_layers(model)
         layers, claimed = [], set()
-        for module in model.modules():
+        for name, module in model.named_modules():
             if not kf.is_supported(module) or not module.weight.requires_grad:
                 continue
             if id(module.weight) in claimed or id(module.weight) not in owned:
                 continue  # a weight tied to an earlier layer keeps that layer's preconditioner
+            if id(module) in functional:
+                continue  # its forward never runs: no statistics can be captured
             claimed.add(id(module.weight))
-            layers.append(_Layer(module))
+            layers.append(_Layer(module, name))
         return layers
+
+    def _warn_unseen(self) -> None:
+        """Once, at the first factor update: name the layers whose forward did not run."""
+        self._unseen_checked = True
+        unseen = [lay.name or type(lay.module).__name__ for i, lay in enumerate(self._layers)
+                  if i not in self._pending]
+        if self._pending and unseen:
+            warnings.warn(f"{type(self).__name__}: no statistics for {', '.join(unseen)} in the "
+                          "first step (their forward did not run as a module call: called "
+                          "functionally, or unused); they keep identity factors (plain SGD "
+                          "direction) until they run", UserWarning, stacklevel=3)
 
     def _init_factors(self) -> None:
         for layer in self._layers:
@@ -261,6 +295,8 @@ class KFACSqrt(Optimizer):
 
     def _update_factors(self, group: dict) -> None:
         """Eq. 17-18 with the last captured batch statistics (skipped for unseen layers)."""
+        if not self._unseen_checked:
+            self._warn_unseen()
         if not self._pending:
             return
         by_weight: dict[float, tuple[list[Tensor], list[Tensor]]] = {}

@@ -174,6 +174,17 @@ class SAM(OptimizerWrapper):
         gradients (those taken at ``w + e``)."""
         if self._perturbed is None:
             raise RuntimeError("SAM.second_step() called without a first_step() before it")
+        self.restore()
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Move back to the ``w`` remembered by ``first_step`` without a base step (a step that
+        is dropped, e.g. an overflowed mixed-precision step). A no-op without ``first_step``."""
+        if self._perturbed is None:
+            return
         ps, self._perturbed = self._perturbed, None
         backups = [self._backup[p] for p in ps]
         if ps and self._foreach(ps):
@@ -182,9 +193,6 @@ class SAM(OptimizerWrapper):
         else:
             for p, b in zip(ps, backups):
                 p.copy_(b)
-        self.base_optimizer.step()
-        if zero_grad:
-            self.zero_grad()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

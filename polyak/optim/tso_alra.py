@@ -59,6 +59,9 @@ class TSOALRA(KFACSqrt):
         if trigger is not None and not callable(getattr(trigger, "update", None)):
             raise ValueError(f"Invalid trigger: {trigger!r} (allowed: an object with "
                              "update(value, epoch) -> bool, e.g. polyak.triggers.Plateau)")
+        if getattr(trigger, "mode", "min") != "min":
+            raise ValueError(f"Invalid trigger mode: {trigger.mode!r} (TSOALRA feeds its trigger "
+                             "the validation loss, which improves downwards: use mode='min')")
         super().__init__(model, lr=lr, **kfac_kwargs)
         self.switch_epoch = switch_epoch
         self.trigger = trigger
@@ -76,7 +79,11 @@ class TSOALRA(KFACSqrt):
         if self.trigger is not None and val_loss is None:
             raise ValueError("Invalid val_loss: None (the switch trigger needs the validation "
                              "loss of every epoch)")
-        self._epochs_done = int(epoch) + 1
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch != self._epochs_done:
+            raise ValueError(
+                f"Invalid epoch: {epoch!r} (expected {self._epochs_done}: end_epoch takes every "
+                "epoch, 0-based and in order; to resume, load_state_dict() a checkpoint first)")
+        self._epochs_done = epoch + 1
         if self._switched:
             return False
         if self.trigger is not None:
