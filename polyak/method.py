@@ -164,7 +164,7 @@ class Method(Stepping):
         self.switches, self.stop_trigger = list(switches), stop_trigger
         self.clip, self.scaler, self.nonfinite = clip, scaler, nonfinite
         self.warmup_steps = warmup_steps
-        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.steps = 0            # optimizer steps taken
         self.skipped_steps = 0    # optimizer steps dropped (non-finite, GradScaler overflow)
         self.epochs_done = 0      # end_epoch calls
@@ -211,10 +211,10 @@ class Method(Stepping):
         """Adopt param groups added since the last step; refuse an lr set by someone else."""
         groups = self.optimizer.param_groups
         if len(groups) > len(self.base_lrs):
-            new = [float(g["lr"]) for g in groups[len(self.base_lrs):]]
-            self.base_lrs += new
+            new = groups[len(self.base_lrs):]
+            self.base_lrs += [g["lr"] for g in new]
             if self._applied_lrs is not None:
-                self._applied_lrs += new
+                self._applied_lrs += [float(g["lr"]) for g in new]
         if self._applied_lrs is None or not self.schedules_lr:
             return
         for i, (group, lr) in enumerate(zip(groups, self._applied_lrs)):
@@ -232,10 +232,7 @@ class Method(Stepping):
         self._sync_groups()
         factor = self._lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(base * factor)
-            else:
-                group["lr"] = base * factor
+            group["lr"] = base * factor   # a tensor lr stays a tensor (a new one: base is kept)
         self._applied_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
 
     @property
