@@ -1,0 +1,155 @@
+"""polyak.integrations.lightning against polyak's own loop, with the real lightning.Trainer."""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from _tiny import (
+    BATCH,
+    assert_states_close,
+    batches,
+    build,
+    data,
+    evaluate,
+    net,
+    own_loop,
+    per_step_ema,
+)
+from torch.utils.data import DataLoader, TensorDataset
+
+import polyak
+from polyak.integrations.lightning import PolyakCallback, method_optimizer
+
+EPOCHS = 4
+
+
+class Module(L.LightningModule):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.net = net(seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        loss, acc = evaluate(self, *batch)
+        self.log("val_loss", loss)
+        self.log("val_acc", acc)
+
+    def configure_optimizers(self):
+        return method_optimizer(self)
+
+
+def loaders():
+    x, y, xv, yv = data()
+    train = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    val = DataLoader(TensorDataset(xv, yv), batch_size=len(xv))
+    return train, val, (x, y, xv, yv)
+
+
+def trainer(*callbacks, **kwargs) -> L.Trainer:
+    options = dict(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)
+    return L.Trainer(callbacks=list(callbacks), **{**options, **kwargs})
+
+
+def fit(spec, accumulate: int = 1):
+    train, val, (x, y, xv, yv) = loaders()
+    module = Module()
+    method = build(spec, module, EPOCHS, -(-len(train) // accumulate))
+    trainer(PolyakCallback(method), accumulate_grad_batches=accumulate).fit(module, train, val)
+    want, ref = own_loop(net(), spec, EPOCHS, batches(x, y), (xv, yv), accumulate)
+    got = {k.removeprefix("net."): v for k, v in module.state_dict().items()}
+    return got, want, method, ref
+
+
+def test_pwa_matches_own_loop():
+    got, want, method, ref = fit("pwa")
+    assert_states_close(got, want)
+    assert method.steps == ref.steps == EPOCHS * 4 and method.epochs_done == EPOCHS
+    assert method.lr == pytest.approx(ref.lr)
+
+
+@pytest.mark.parametrize("spec", ["sgdm", "gadamx", "gadam-auto:patience=1", "tso-alra", "sam",
+                                  "sam-avg"])
+def test_recipes_match_own_loop(spec):
+    got, want, method, ref = fit(spec)
+    assert_states_close(got, want)
+    assert method.steps == ref.steps == EPOCHS * 4
+    if method.averaging is not None:
+        assert method.averaging.n_averaged == ref.averaging.n_averaged > 0
+    if spec.startswith("gadam-auto"):
+        assert method.averaging_trigger.fired_epoch == ref.averaging_trigger.fired_epoch
+
+
+def test_per_step_schedule_and_accumulation_collect_once_per_optimizer_step():
+    got, want, method, ref = fit(per_step_ema, accumulate=2)
+    assert_states_close(got, want)
+    # 4 micro-batches per epoch, 2 per optimizer step: 2 steps and 2 EMA collections per epoch
+    assert method.steps == method.averaging.steps == method.averaging.collected == EPOCHS * 2
+    assert method.lr == pytest.approx(0.1 / (1 + (EPOCHS * 2 - 1) / 2))  # t = steps before
+
+
+@pytest.mark.parametrize("spec, epoch", [("pwa", 0), ("gadamx", 2), ("sam-avg", 2)])
+def test_resume_from_lightning_checkpoint_is_exact(tmp_path, spec, epoch):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    train, val, _ = loaders()
+
+    def run(seed: int, dirpath, **fit_kwargs):
+        module = Module(seed)
+        method = polyak.recipe(spec, module, EPOCHS, len(train))
+        keep = ModelCheckpoint(dirpath=dirpath, filename="{epoch}", save_top_k=-1)
+        trainer(PolyakCallback(method), keep, enable_checkpointing=True).fit(
+            module, train, val, **fit_kwargs)
+        return module.state_dict(), method
+
+    full, full_method = run(0, tmp_path / "first")
+    ckpt = tmp_path / "first" / f"epoch={epoch}.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["optimizer_states"][0]
+    assert saved["epochs_done"] == epoch + 1 and saved["steps"] == (epoch + 1) * len(train)
+    assert saved["averaging"]["n_averaged"] > 0       # the checkpoint holds a running average
+    resumed, method = run(1, tmp_path / "second", ckpt_path=ckpt)   # other initial weights
+    for key in full:
+        assert torch.equal(resumed[key], full[key]), key
+    assert method.steps == full_method.steps and method.epochs_done == EPOCHS
+    for a, b in zip(method.averaging.average, full_method.averaging.average):
+        assert torch.equal(a, b)
+
+
+class ManualModule(Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+
+class OwnOptimizerModule(Module):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("module_cls, spec, kwargs, message", [
+    (Module, "sam", {"accumulate_grad_batches": 2}, "SAM with accumulate_grad_batches > 1"),
+    (Module, "pwa", {"max_epochs": EPOCHS + 1}, "phases sum to 4 epochs but Trainer(max_epochs=5)"),
+    (ManualModule, "sgdm", {}, "manual optimization is not supported"),
+    (OwnOptimizerModule, "sgdm", {}, "configure_optimizers must return method_optimizer(self)"),
+    (Module, "sgdm", {"strategy": "ddp_spawn", "devices": 2},
+     "'ddp_spawn' or 'ddp_notebook' is not supported"),
+])
+def test_unsupported_fails_at_setup_with_one_line(module_cls, spec, kwargs, message):
+    train, val, _ = loaders()
+    module = module_cls()
+    method = polyak.recipe(spec, module, EPOCHS, len(train))
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        trainer(PolyakCallback(method), **kwargs).fit(module, train, val)
+    assert "\n" not in str(err.value)
+    assert method.steps == 0
