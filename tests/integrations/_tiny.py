@@ -80,6 +80,6 @@ def own_loop(model: nn.Module, spec, epochs: int, train: list, val: tuple,
 
 
 def assert_states_close(got: dict, want: dict, atol: float = 1e-6) -> None:
-    assert list(got) == list(want)
+    assert sorted(got) == sorted(want)
     for key in want:
         assert torch.allclose(got[key].double(), want[key].double(), rtol=0, atol=atol), key
