@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -28,6 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import polyak
 from polyak.bench.checkpoints import CheckpointPolicy
+from polyak.bench.executors import Queue
+from polyak.bench.executors.local import LocalExecutor
 from polyak.bench.store import FINAL, RunKey, Store
 from polyak.bench.tasks import Task
 from polyak.bench.train import (
@@ -161,11 +164,14 @@ def _describe(job: Job, result: RunResult) -> str:
 
 def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
              console: Console | None = None, show_progress: bool = True,
-             on_result: Callable[[Job, RunResult], None] | None = None) -> GridSummary:
+             on_result: Callable[[Job, RunResult], None] | None = None,
+             executor: Any = None) -> GridSummary:
     """Run the ``jobs`` the store does not hold as complete/diverged; write each as it ends.
 
     ``workers=None``: one per CPU core, or 1 when a job trains on CUDA (one GPU, one run at a
-    time; runs sharing a GPU would only queue on it)."""
+    time; runs sharing a GPU would only queue on it). ``executor`` (e.g. a
+    :class:`~polyak.bench.executors.ray.RayExecutor`) runs the jobs elsewhere instead of the local
+    pool; the results still come back here, the store's one writer."""
     if workers is None:
         on_gpu = any(job.task.device != "cpu" for job in jobs)
         workers = 1 if on_gpu else (os.cpu_count() or 1)
@@ -187,24 +193,22 @@ def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
             on_result(job, result)
 
     with progress:
-        bar = progress.add_task(f"polyak bench ({min(workers, max(len(todo), 1))} workers)",
+        where = executor.describe(todo) if executor is not None else \
+            f"{min(workers, max(len(todo), 1))} workers"
+        bar = progress.add_task(f"polyak bench ({where})",
                                 total=len(jobs), completed=summary.skipped)
         try:
-            if workers == 1 or len(todo) <= 1:
-                _run_inline(store, todo, done)
-            else:
-                _run_pool(store, todo, workers, done)
+            (executor or LocalExecutor(workers)).run(store, Queue(store, todo), done)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
 
 
-def _run_inline(store: Store, todo: list[Job], done: Callable[[Job, RunResult], None]) -> None:
+def _run_inline(store: Store, claims: Any, done: Callable[[Job, RunResult], None]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for job in todo:
-            store.claim(job.key)
+        while (job := claims.wait()) is not None:
             try:
                 result = _work(job)
             except KeyboardInterrupt:
@@ -220,17 +224,21 @@ def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
                                   mp_context=multiprocessing.get_context("spawn"))
 
 
-def _run_pool(store: Store, todo: list[Job], workers: int,
+def _run_pool(store: Store, claims: Any, workers: int,
               done: Callable[[Job, RunResult], None]) -> None:
-    workers = min(workers, len(todo))
-    pool, queue, running = _new_pool(workers), list(todo), {}
+    workers = min(workers, len(claims.queue))
+    pool, running = _new_pool(workers), {}
     try:
-        while queue or running:
-            while queue and len(running) < workers:
-                job = queue.pop(0)
-                store.claim(job.key)
+        while claims or running:
+            while claims and len(running) < workers:
+                job = claims.take() if running else claims.wait()
+                if job is None:
+                    break
                 running[pool.submit(_work, job)] = job
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            if not running:
+                continue
+            finished, _ = cf.wait(running, timeout=claims.poll if claims else None,
+                                  return_when=cf.FIRST_COMPLETED)
             broken = False
             for future in finished:
                 job = running.pop(future)

@@ -87,13 +87,15 @@ def _score(store: Store, jobs: list[Job]) -> tuple[float, float]:
 def tune(store: Store, task: Task, plan: dict[str, list[tuple[float, list[Job]]]],
          grid: Sequence[float], seeds: int, epochs: int, workers: int | None = None,
          out: str | Path | None = None, command: str = "", show_progress: bool = True,
-         max_extend: int = 3) -> TuneResult:
+         max_extend: int = 3, executor: Any = None) -> TuneResult:
     """Run the ``plan`` of :func:`tune_jobs` (resumable through ``store``), pick each method's
-    lr and merge the winners into ``out`` (default: the task's tuned file)."""
+    lr and merge the winners into ``out`` (default: the task's tuned file). ``executor``: where
+    the runs execute (default: the local pool of ``workers``; see :func:`run_grid`)."""
     plan = {m: list(points) for m, points in plan.items()}
     for round_ in range(max_extend + 1):
         jobs = [job for points in plan.values() for _, js in points for job in js]
-        summary = run_grid(store, jobs, workers=workers, show_progress=show_progress)
+        summary = run_grid(store, jobs, workers=workers, show_progress=show_progress,
+                           executor=executor)
         if summary.interrupted:
             return TuneResult({}, {}, summary, None)
         scores = {m: [(lr, *_score(store, js)) for lr, js in pts] for m, pts in plan.items()}

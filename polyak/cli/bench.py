@@ -97,6 +97,38 @@ def _report(store, keys, tasks, out: str, notes: list[str]) -> None:
     typer.echo(f"report written to {Path(out) / 'report.md'}", err=True)
 
 
+def _executor(name: str, address: str | None, cpus: float, gpus: float, retries: int,
+              workers: int | None):
+    """The executor the options ask for (``None``: the default local pool of ``workers``)."""
+    from polyak.bench.executors import make_executor
+
+    if name == "local":
+        if address is not None or (cpus, gpus, retries) != (1, 0, 3):
+            fail("Invalid options: --ray-address, --cpus-per-run, --gpus-per-run and "
+                 "--max-retries go with --executor ray")
+        return None
+    if workers is not None:
+        fail("Invalid workers: with --executor ray the cluster's resources set how many runs "
+             "run at once (use --cpus-per-run / --gpus-per-run)")
+    return make_executor(name, address=address, cpus_per_run=cpus, gpus_per_run=gpus,
+                         max_retries=retries)
+
+
+def _device_for(device: str, executor) -> str:
+    """``--device``; with Ray GPUs per run, ``auto`` means CUDA on the workers (this driver may
+    have no GPU of its own)."""
+    if executor is not None and executor.gpus_per_run > 0 and device == "auto":
+        return "cuda"
+    return _device(device, check=executor is None)
+
+
+EXECUTOR_HELP = ("Where runs execute: local (this machine's process pool) or ray (a Ray "
+                 "cluster: RAY_ADDRESS or --ray-address, else a local Ray instance).")
+RAY_ADDRESS_HELP = "With --executor ray: the cluster to join (e.g. ray://head:10001 or auto)."
+CPUS_HELP = "With --executor ray: CPUs per run (torch threads set to match)."
+GPUS_HELP = "With --executor ray: GPUs per run (fractions share a GPU, e.g. 0.25)."
+RETRIES_HELP = ("With --executor ray: retries of a run whose worker or node died (it resumes "
+                "from its last checkpoint).")
 STORE_HELP = "SQLite run store (created when missing)."
 DEVICE_HELP = ("Where to train: auto (CUDA if available), cpu or cuda[:N]. On CUDA: data on "
                "the GPU, bf16 autocast, channels-last, one worker by default.")
@@ -123,13 +155,19 @@ def bench_command(
     checkpoint_dir: str = typer.Option("polyak-checkpoints", "--checkpoint-dir",
                                        help="Where --keep-checkpoints writes "
                                        "<task>/<method>/seed<k>/epoch<e>.pt."),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    cpus_per_run: float = typer.Option(1, "--cpus-per-run", help=CPUS_HELP),
+    gpus_per_run: float = typer.Option(0, "--gpus-per-run", help=GPUS_HELP),
+    max_retries: int = typer.Option(3, "--max-retries", help=RETRIES_HELP),
 ) -> int:
     """Run the (task x method x seed) grid, resuming from the store, then print the report."""
     from polyak.bench.runner import default_methods, plan_grid, run_grid
 
     for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
         _positive(name, value)
-    task_list = _tasks(tasks, _device(device), _data_dir(data_dir))
+    runner_ = _executor(executor, ray_address, cpus_per_run, gpus_per_run, max_retries, workers)
+    task_list = _tasks(tasks, _device_for(device, runner_), _data_dir(data_dir))
     specs = split_specs(methods) if methods is not None else None
     policy = None
     if keep_checkpoints is not None:
@@ -137,13 +175,19 @@ def bench_command(
 
         from polyak.bench.checkpoints import CheckpointPolicy, KeepEpochs
 
-        policy = CheckpointPolicy(Path(checkpoint_dir), KeepEpochs.parse(keep_checkpoints))
+        policy = CheckpointPolicy(Path(checkpoint_dir).resolve(),  # absolute: for every node
+                                  KeepEpochs.parse(keep_checkpoints))
     jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy)
     _warn_gpu_sized(task_list, epochs)
     run_store = _open_store(store)
     notes = [f"{name} not run: {why}" for name, why in default_methods()[1]] if specs is None \
         else []
-    summary = run_grid(run_store, jobs, workers=workers, show_progress=progress)
+    try:
+        summary = run_grid(run_store, jobs, workers=workers, show_progress=progress,
+                           executor=runner_)
+    finally:
+        if runner_ is not None:
+            runner_.close()
     _report(run_store, [j.key for j in jobs], task_list, out, notes)
     typer.echo(f"{summary.executed} run(s) executed, {summary.skipped} already in {store}"
                + (f", {summary.failed} failed" if summary.failed else ""), err=True)
@@ -203,6 +247,11 @@ def tune_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     data_dir: str = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    cpus_per_run: float = typer.Option(1, "--cpus-per-run", help=CPUS_HELP),
+    gpus_per_run: float = typer.Option(0, "--gpus-per-run", help=GPUS_HELP),
+    max_retries: int = typer.Option(3, "--max-retries", help=RETRIES_HELP),
 ) -> int:
     """Tune each method's learning rate on the validation set; write the winners as JSON."""
     from polyak.bench.runner import default_methods
@@ -212,7 +261,8 @@ def tune_command(
         _positive(name, value)
     if max_extend < 0:
         fail(f"Invalid max-extend: {max_extend} (allowed: an integer >= 0)")
-    (the_task,) = _tasks(task, _device(device), _data_dir(data_dir))
+    runner_ = _executor(executor, ray_address, cpus_per_run, gpus_per_run, max_retries, workers)
+    (the_task,) = _tasks(task, _device_for(device, runner_), _data_dir(data_dir))
     try:
         multipliers = [float(g) for g in grid.split(",") if g.strip()]
     except ValueError:
@@ -225,8 +275,13 @@ def tune_command(
                           ",".join(specs), "--grid", grid, "--seeds", str(seeds),
                           "--epochs", str(n_epochs), "--max-extend", str(max_extend)]
                          + (["--device", the_task.device] if the_task.device != "cpu" else []))
-    result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
-                  command=command, show_progress=progress, max_extend=max_extend)
+    try:
+        result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
+                      command=command, show_progress=progress, max_extend=max_extend,
+                      executor=runner_)
+    finally:
+        if runner_ is not None:
+            runner_.close()
     if result.path is None:
         typer.echo("polyak: interrupted; run the same command again to finish", err=True)
         return 130

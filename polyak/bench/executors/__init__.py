@@ -1,0 +1,89 @@
+"""How the runs of a grid are executed: the local spawn pool (default) or a Ray cluster.
+
+An executor trains the runs the runner hands it and gives every result back to the driver,
+which alone writes the SQLite store. The contract, ``executor.run(store, claims, done)``:
+
+- ``claims`` is the runner's queue of runs to do: true while runs remain; ``take()`` claims the
+  next run this bench can have now (``None``: none right now), ``wait()`` blocks until one can be
+  claimed or none remain, ``poll`` is the seconds to wait between tries;
+- each claimed job is trained by :func:`execute_job` somewhere (a worker process, a Ray worker on
+  any node) and its :class:`~polyak.bench.train.RunResult` is passed to ``done(job, result)`` in
+  the calling process, in the order results arrive;
+- on any exception (Ctrl-C included) the executor puts the runs it still holds back with
+  ``store.release(keys)`` and re-raises.
+
+A run that raises is a result with ``status="failed"`` and the traceback (:func:`execute_job`
+catches it); a worker that dies (killed, out of memory, node lost) is the executor's business:
+the pool records it as failed, Ray retries it up to ``max_retries`` times, and with resume
+checkpoints the retry continues from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import torch
+
+__all__ = ["execute_job", "make_executor", "EXECUTORS", "Queue"]
+
+EXECUTORS = ("local", "ray")
+
+
+def execute_job(job: Any, threads: int | None = None) -> Any:
+    """Train one job (``polyak.bench.runner.Job``) with ``threads`` torch threads; a run that
+    raises comes back as a failed result carrying its traceback."""
+    from polyak.bench.train import RunResult, train_run
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return train_run(job.task, job.spec, job.seed, job.epochs, checkpoints=job.checkpoints,
+                         **_resume_kwargs(job))
+    except Exception as exc:  # a failing run must not stop the grid
+        text = "".join(traceback.format_exception(exc))
+        return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
+
+
+class Queue:
+    """The runs to do, claimed in the store one by one as they are handed out (the ``claims``
+    of the contract above, for a store only this bench uses)."""
+
+    poll = 1.0
+
+    def __init__(self, store: Any, todo: list[Any]) -> None:
+        self.store, self.queue = store, list(todo)
+
+    def __bool__(self) -> bool:
+        return bool(self.queue)
+
+    def take(self) -> Any:
+        if not self.queue:
+            return None
+        job = self.queue.pop(0)
+        self.store.claim(job.key)
+        return job
+
+    wait = take
+
+
+def _resume_kwargs(job: Any) -> dict[str, Any]:
+    checkpoint = getattr(job, "checkpoint", None)
+    return {} if checkpoint is None else {"resume": checkpoint}
+
+
+def make_executor(name: str, *, workers: int | None = None, address: str | None = None,
+                  cpus_per_run: float = 1, gpus_per_run: float = 0, max_retries: int = 3) -> Any:
+    """The executor called ``name`` ("local" or "ray") with its options checked."""
+    if name not in EXECUTORS:
+        raise ValueError(f"Invalid executor: {name!r} (allowed: {', '.join(EXECUTORS)})")
+    if name == "local":
+        if address is not None:
+            raise ValueError("Invalid ray-address: only used with --executor ray")
+        from polyak.bench.executors.local import LocalExecutor
+
+        return LocalExecutor(workers)
+    from polyak.bench.executors.ray import RayExecutor
+
+    return RayExecutor(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                       max_retries=max_retries)

@@ -1,0 +1,123 @@
+"""Executors: the grid through a real local Ray cluster (2 CPUs) against the local pool.
+
+Compared: the store contents (every run's status and every metric of every epoch, bit for bit:
+both run single-threaded on the same CPU), and a run whose Ray worker process is SIGKILLed in the
+middle of training, which Ray retries and which ends with the uninterrupted run's metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import pytest
+
+from polyak.bench.checkpoints import CheckpointPolicy, KeepEpochs
+from polyak.bench.executors import make_executor
+from polyak.bench.executors.ray import RayExecutor
+from polyak.bench.runner import plan_grid, run_grid
+from polyak.bench.store import METRICS, Store
+from polyak.bench.tasks import TASKS
+from polyak.cli import main
+
+
+def contents(store: Store) -> dict:
+    """Every run (identity, status, error) and its metric rows, without the wall-clock times."""
+    out = {}
+    for run in store.runs():
+        key = (run["task"], run["method"], run["seed"], run["epochs"], run["config_hash"])
+        rows = [{m: r[m] for m in ("epoch", *METRICS) if m != "time"}
+                for r in store.metrics(run["id"])]
+        out[key] = (run["status"], run["error"], rows)
+    return out
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"name": "dask"}, "Invalid executor"),
+    ({"name": "ray", "cpus_per_run": 0}, "Invalid cpus-per-run"),
+    ({"name": "ray", "gpus_per_run": -0.5}, "Invalid gpus-per-run"),
+    ({"name": "ray", "max_retries": -1}, "Invalid max-retries"),
+    ({"name": "local", "address": "auto"}, "Invalid ray-address"),
+])
+def test_bad_executor_options(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        make_executor(kwargs.pop("name"), **kwargs)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--executor", "ray", "--workers", "2"], "Invalid workers"),
+    (["--cpus-per-run", "2"], "go with --executor ray"),
+    (["--executor", "spark"], "Invalid executor"),
+])
+def test_bad_executor_flags_are_one_line(capsys, tmp_path, tiny_task, monkeypatch, args, needle):
+    monkeypatch.setitem(TASKS, "tiny", tiny_task.replace(name="tiny"))
+    store = tmp_path / "runs.sqlite"
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--tasks", "tiny", "--methods", "sgd", "--store", str(store), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert not store.exists()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_grid_through_ray_stores_what_the_local_pool_stores(ray_cluster, tiny_mlp_task,
+                                                            tmp_path):
+    jobs = plan_grid([tiny_mlp_task], ["sgdm", "swa", "tso-alra"], seeds=2, epochs=2)
+    with Store(tmp_path / "local.sqlite") as local:
+        assert run_grid(local, jobs, workers=1, show_progress=False).complete == 6
+        want = contents(local)
+    with Store(tmp_path / "ray.sqlite") as store:
+        summary = run_grid(store, jobs, show_progress=False, executor=RayExecutor())
+        assert (summary.complete, summary.failed) == (6, 0)
+        assert contents(store) == want
+
+
+def _ray_workers_running(function: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith(f"ray::{function}"):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_ray_worker_is_retried_and_gives_the_uninterrupted_result(
+        ray_cluster, tiny_mlp_task, tmp_path):
+    task = tiny_mlp_task.replace(epochs=25)
+    keep = CheckpointPolicy(tmp_path / "ckpt", KeepEpochs.parse("epochs=0"))
+    (job,) = plan_grid([task], ["swa"], seeds=1, checkpoints=keep)
+    first = tmp_path / "ckpt" / task.name / "swa" / "seed0" / "epoch0.pt"
+    killed: list[float] = []
+
+    def kill_mid_run() -> None:  # once epoch 0 is saved, SIGKILL the worker running the job
+        deadline = time.time() + 120
+        while time.time() < deadline and not first.exists():
+            time.sleep(0.01)
+        for proc in _ray_workers_running("_ray_work"):
+            proc.kill()
+            killed.append(time.time())
+
+    killer = threading.Thread(target=kill_mid_run)
+    killer.start()
+    with Store(tmp_path / "ray.sqlite") as store:
+        summary = run_grid(store, [job], show_progress=False,
+                           executor=RayExecutor(max_retries=2))
+        killer.join()
+        assert killed, "no Ray worker was running the job"
+        assert (summary.complete, summary.failed) == (1, 0), summary.errors
+        assert first.stat().st_mtime > killed[0]  # the retry trained epoch 0 again
+        got = contents(store)
+    with Store(tmp_path / "local.sqlite") as local:
+        run_grid(local, [plan_grid([task], ["swa"], seeds=1)[0]], workers=1, show_progress=False)
+        assert got == contents(local)
