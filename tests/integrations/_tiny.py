@@ -83,3 +83,13 @@ def assert_states_close(got: dict, want: dict, atol: float = 1e-6) -> None:
     assert sorted(got) == sorted(want)
     for key in want:
         assert torch.allclose(got[key].double(), want[key].double(), rtol=0, atol=atol), key
+
+EPOCHS_DDP = 4
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -153,3 +153,38 @@ def test_unsupported_fails_at_setup_with_one_line(module_cls, spec, kwargs, mess
         trainer(PolyakCallback(method), **kwargs).fit(module, train, val)
     assert "\n" not in str(err.value)
     assert method.steps == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["gadam-auto:patience=1", "pwa"])
+def test_ddp_two_cpu_processes_keep_average_and_bn_consistent(tmp_path, spec):
+    """Lightning's DDP strategy, 2 processes on gloo: every rank ends with the same average and
+    the same BatchNorm statistics, those of the whole training set (each rank saw half)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from _tiny import free_port
+
+    script = Path(__file__).parent / "lightning_ddp_run.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), str(script), str(tmp_path), spec]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == EPOCHS * 2        # 4 batches per epoch, 2 per rank
+    assert r0["fired"] == r1["fired"]
+    for a, b in zip(r0["average"], r1["average"]):
+        assert torch.equal(a, b)
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    if spec != "pwa":
+        assert r0["n_averaged"] > 0
+    # BatchNorm: the statistics of its inputs over all 32 training samples (closed form)
+    state = r0["state"]
+    x = data()[0]
+    h = (x @ state["net.0.weight"].T + state["net.0.bias"]).double()
+    assert torch.allclose(state["net.1.running_mean"].double(), h.mean(0), atol=1e-6)
+    assert torch.allclose(state["net.1.running_var"].double(), h.var(0), atol=1e-5)
