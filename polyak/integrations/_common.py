@@ -26,7 +26,8 @@ from torch import nn
 from polyak.method import Method
 from polyak.optim.sam import frozen_bn_stats
 
-__all__ = ["MethodOptimizer", "method_step", "reported_state", "metric_needs"]
+__all__ = ["MethodOptimizer", "method_step", "sam_step", "check_method", "reported_state",
+           "metric_needs"]
 
 
 def _is_sam(optimizer: Any) -> bool:
@@ -35,41 +36,73 @@ def _is_sam(optimizer: Any) -> bool:
 
 def method_step(method: Method, closure: Callable[[], Any] | None = None,
                 second_pass: Callable[[], Any] | None = None) -> Any:
-    """One step of ``method`` whose forward and backward the framework runs.
+    """One optimizer step of ``method`` whose forward and backward the framework runs.
 
     ``closure`` (Lightning) runs forward and backward and returns the loss; without it the
-    gradients are already there. SAM evaluates ``closure`` twice (``SAM.step``); without a closure
-    it takes its first step from the present (clean) gradients and calls ``second_pass()`` (one
-    forward and backward of the same batch) at the perturbed point, with BatchNorm statistics
-    frozen. Then the step is counted and the averaging's per-step collection runs, exactly as in
-    :meth:`Method.step`.
+    gradients are already there (Hugging Face, a ``GradScaler``). Any optimizer but SAM: the
+    closure, then the torch-style :meth:`Method.step` (learning rate, ``clip``, the update, the
+    per-step averaging collection). SAM: :func:`sam_step`.
     """
-    opt = method.optimizer
-    if method.per_step:
-        method._apply_lr()
+    if _is_sam(method.optimizer):
+        return sam_step(method, closure, second_pass)
     loss = None
-    if _is_sam(opt):
-        if closure is not None:
-            loss = opt.step(closure)
-        elif second_pass is not None:
-            opt.first_step(zero_grad=True)
-            with frozen_bn_stats(method.model):
-                second_pass()
-            opt.second_step()
-        else:
-            raise ValueError("SAM needs a second forward and backward pass per step: "
-                             "give step() a closure")
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    method.step()
+    return loss
+
+
+def sam_step(method: Method, closure: Callable[[], Any] | None,
+             second_pass: Callable[[], Any] | None) -> Any:
+    """SAM's step when the framework runs both backward passes (``Method.step`` wants a closure
+    that leaves backward to it). With ``closure``: ``SAM.step(closure)``, the closure evaluated
+    at w and at w + e. Without: the first step from the present (clean) gradients, then
+    ``second_pass()`` (forward and backward of the same batch) at w + e with BatchNorm statistics
+    frozen, then the second step. The Method's ``clip`` applies to each pass's gradient; the
+    learning rate, step count and per-step averaging are those of :meth:`Method.step`."""
+    opt = method.optimizer
+    params = [p for group in opt.param_groups for p in group["params"]]
+
+    def clip() -> None:
+        if method.clip is not None:
+            method.clip([p for p in params if p.grad is not None])
+
+    method._start_cycle(False)        # this step's learning rate, as Method.step sets it
+    loss = None
+    if closure is not None:
+        def clipped() -> Any:
+            out = closure()
+            clip()
+            return out
+        loss = opt.step(clipped)
+    elif second_pass is not None:
+        clip()
+        opt.first_step(zero_grad=True)
+        with torch.enable_grad(), frozen_bn_stats(method.model):
+            second_pass()
+        clip()
+        opt.second_step()
     else:
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        opt.step()
+        raise ValueError("SAM needs a second forward and backward pass per step: "
+                         "give step() a closure")
+    opt.zero_grad(set_to_none=True)
     method.steps += 1
+    method.last_step_skipped = False
     if method.averaging is not None and method.averaging_started:
         on_step = getattr(method.averaging, "step", None)
         if on_step is not None:
             on_step()
     return loss
+
+
+def check_method(method: Method, fail: Callable[[str], None], accumulate_option: str) -> None:
+    """What the framework does itself must not be configured in the Method too."""
+    if method.accumulate != 1:
+        fail(f"Method(accumulate={method.accumulate}) is not supported here: the framework "
+             f"accumulates, set {accumulate_option} instead")
+    if method.scaler is not None:
+        fail("Method(scaler=...) is not supported here: set the framework's precision instead")
 
 
 class MethodOptimizer(torch.optim.Optimizer):

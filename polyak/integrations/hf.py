@@ -43,7 +43,6 @@ accumulation or fp16.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -52,7 +51,13 @@ import torch
 import transformers
 from torch import nn
 
-from polyak.integrations._common import MethodOptimizer, _is_sam, metric_needs, reported_state
+from polyak.integrations._common import (
+    MethodOptimizer,
+    _is_sam,
+    check_method,
+    metric_needs,
+    reported_state,
+)
 from polyak.method import Method
 
 __all__ = ["PolyakTrainer"]
@@ -65,16 +70,6 @@ def _fail(message: str) -> None:
 def dict_forward(model: nn.Module, batch: Any) -> Any:
     """The model fed a Trainer batch (a dict of keyword arguments), labels left out."""
     return model(**{k: v for k, v in batch.items() if k not in ("labels", "label")})
-
-
-def _bn_kwargs(method: Method, loader: Iterable[Any] | None,
-               forward: Callable[[nn.Module, Any], Any]) -> dict[str, Any]:
-    """``bn_loader``/``forward`` for ``Method.end_epoch``; where ``end_epoch`` has no
-    ``forward=`` (polyak before 0.2) the model gets each batch's first input."""
-    if "forward" in inspect.signature(method.end_epoch).parameters or loader is None:
-        return {"bn_loader": loader, "forward": forward}
-    inputs = [tuple(v for k, v in b.items() if k not in ("labels", "label")) for b in loader]
-    return {"bn_loader": inputs}
 
 
 class _MethodSchedule:
@@ -173,6 +168,7 @@ class PolyakTrainer(transformers.Trainer):
                   "weights over the reported ones)")
         if args.warmup_steps or getattr(args, "warmup_ratio", 0):
             _fail("warm-up in TrainingArguments is not supported: the Method owns the schedule")
+        check_method(method, _fail, "gradient_accumulation_steps")
         sam = _is_sam(method.optimizer)
         if sam and args.gradient_accumulation_steps > 1:
             _fail("SAM with gradient_accumulation_steps > 1 is not supported (its second pass "
@@ -231,7 +227,7 @@ class PolyakTrainer(transformers.Trainer):
                       f"{self.metric_names[key]!r} (got {sorted(metrics)}); return it from "
                       f"compute_metrics or pass {key}= to PolyakTrainer")
         values = {k: None if v is None else float(v) for k, v in values.items()}
-        method.end_epoch(epoch, **values, **_bn_kwargs(method, self._bn_loader(), self.bn_forward))
+        method.end_epoch(epoch, **values, bn_loader=self._bn_loader(), forward=self.bn_forward)
         if method.should_stop:
             self.control.should_training_stop = True
 

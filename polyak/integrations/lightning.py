@@ -48,7 +48,13 @@ import lightning as L
 import torch
 from torch import nn
 
-from polyak.integrations._common import MethodOptimizer, _is_sam, metric_needs, reported_state
+from polyak.integrations._common import (
+    MethodOptimizer,
+    _is_sam,
+    check_method,
+    metric_needs,
+    reported_state,
+)
 from polyak.method import Method
 
 __all__ = ["PolyakCallback", "method_optimizer"]
@@ -134,6 +140,7 @@ class PolyakCallback(L.Callback):
         strategy = type(trainer.strategy).__name__
         if strategy not in _SUPPORTED_STRATEGIES:
             _fail(f"strategy {strategy} is not supported (allowed: single device, 'ddp')")
+        check_method(method, _fail, "Trainer(accumulate_grad_batches=...)")
         sam = _is_sam(method.optimizer)
         if sam and trainer.accumulate_grad_batches > 1:
             _fail("SAM with accumulate_grad_batches > 1 is not supported (its second pass "
@@ -196,7 +203,8 @@ class PolyakCallback(L.Callback):
         if method.epochs_done > epoch:  # already ended (e.g. resumed after its checkpoint)
             return
         metrics = self._metrics(trainer)
-        method.end_epoch(epoch, bn_loader=self._bn_loader(trainer), **metrics)
+        method.end_epoch(epoch, bn_loader=self._bn_loader(trainer), forward=self.forward,
+                         **metrics)
         if method.should_stop:
             trainer.should_stop = True
 

@@ -93,3 +93,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sam_clipped(model: nn.Module, epochs: int, steps: int) -> polyak.Method:
+    """The sam recipe with the Method's own gradient clipping (each pass's gradient)."""
+    from polyak.loop import ClipGradNorm
+
+    method = polyak.recipe("sam", model, epochs, steps)
+    method.clip = ClipGradNorm(0.05)
+    return method
