@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "optim", "averaging", "schedules", "triggers", "method", "recipes", "analysis", "bench",
+    "loop", "param_groups",
 )
 
 

@@ -21,6 +21,7 @@ and print as the rule (``polyak list``).
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,12 +265,15 @@ BASES: dict[str, Base] = {
 }
 
 
+#: hyper-parameters of every recipe: ``warmup``, epochs of linear lr warm-up (0: none).
+COMMON_DEFAULTS: dict[str, Any] = {"warmup": 0}
+
 # ------------------------------------------------------------------ averagings
 AVERAGING_DEFAULTS: dict[str, dict[str, Any]] = {
     "uniform": {"avg_start": OfBudget(AVG_START_FRACTION, "Gadam/SWA: epoch 161 of 300",
                                       before_end=True),
                 "avg_ratio": 0.5},
-    "ema": {"ema_decay": 0.999},
+    "ema": {"ema_decay": 0.999, "ema_warmup": True},
     "phasewise": {"phases": 3, "gamma0": 0.9, "momentum_policy": "keep"},
     "auto": {"patience": 5},
 }
@@ -296,13 +300,28 @@ def check_available(base: str, averaging: str | None) -> tuple[bool, str]:
     return True, ""
 
 
+def warmup_steps(warmup: Any, steps_per_epoch: int) -> int:
+    """``warmup`` epochs (a number >= 0, fractions allowed) as optimizer steps."""
+    ok = isinstance(warmup, (int, float)) and not isinstance(warmup, bool)
+    if not ok or not math.isfinite(warmup) or warmup < 0:
+        raise ValueError(f"Invalid warmup: {warmup!r} (epochs of linear lr warm-up, a number "
+                         ">= 0)")
+    return round(warmup * steps_per_epoch)
+
+
 def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any], epochs: int,
-          steps_per_epoch: int, name: str = "") -> Method:
-    """Assemble the Method for ``base`` + ``averaging`` with (resolved) hyper-parameters ``hp``."""
+          steps_per_epoch: int, name: str = "", param_groups: Any = None) -> Method:
+    """Assemble the Method for ``base`` + ``averaging`` with (resolved) hyper-parameters ``hp``;
+    ``param_groups`` (see :mod:`polyak.param_groups`) splits the optimizer's parameters."""
     spec = BASES[base]
     optimizer = spec.make(model, hp, epochs, steps_per_epoch)
+    if param_groups is not None:
+        from polyak.param_groups import split_groups
+
+        split_groups(optimizer, param_groups)
     kwargs: dict[str, Any] = {"schedule": spec.schedule(epochs), "name": name,
-                              "steps_per_epoch": steps_per_epoch}
+                              "steps_per_epoch": steps_per_epoch,
+                              "warmup_steps": warmup_steps(hp.get("warmup", 0), steps_per_epoch)}
     if averaging == "uniform":
         from polyak.averaging import Uniform
         from polyak.schedules import gadam_linear
@@ -316,7 +335,7 @@ def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any]
     elif averaging == "ema":
         from polyak.averaging import EMA
 
-        kwargs["averaging"] = EMA(model, decay=hp["ema_decay"])
+        kwargs["averaging"] = EMA(model, decay=hp["ema_decay"], warmup=hp["ema_warmup"])
     elif averaging == "phasewise":
         from polyak.averaging import PhaseWise
         from polyak.schedules import step_phases

@@ -114,8 +114,10 @@ class Recipe:
         """``(True, "")`` when every piece it needs is installed, else ``(False, reason)``."""
         return parts.check_available(self.base, self.averaging)
 
-    def build(self, model: nn.Module, epochs: int, steps_per_epoch: int) -> Method:
-        """The :class:`~polyak.method.Method` of this recipe for a training budget."""
+    def build(self, model: nn.Module, epochs: int, steps_per_epoch: int, *,
+              param_groups: Any = None) -> Method:
+        """The :class:`~polyak.method.Method` of this recipe for a training budget;
+        ``param_groups`` as :func:`polyak.param_groups.param_groups` makes them."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"Invalid epochs: {epochs!r} (an integer >= 1)")
         if (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
@@ -126,7 +128,7 @@ class Recipe:
             raise UnknownRecipe(f"Recipe {self.name!r} is unavailable: {why}")
         hp = self.hyperparameters(epochs, steps_per_epoch)
         return parts.build(model, self.base, self.averaging, hp, epochs, steps_per_epoch,
-                           name=self.spec)
+                           name=self.spec, param_groups=param_groups)
 
     def __iter__(self) -> Iterator[Any]:
         """``base, averaging, overrides = parse(spec)`` (the tuple the former API returned)."""
@@ -136,7 +138,8 @@ class Recipe:
 
 
 def _base_defaults(base: str, averaging: str | None) -> dict[str, Any]:
-    return {**parts.BASES[base].defaults, **parts.AVERAGING_DEFAULTS.get(averaging or "", {})}
+    return {**parts.BASES[base].defaults, **parts.AVERAGING_DEFAULTS.get(averaging or "", {}),
+            **parts.COMMON_DEFAULTS}
 
 
 AVERAGINGS = ("uniform", "ema", "phasewise", "auto")
@@ -311,12 +314,16 @@ def hyperparameters(spec: str | Recipe, epochs: int,
     return parse(spec).hyperparameters(epochs, steps_per_epoch)
 
 
-def recipe(spec: str | Recipe, model: nn.Module, epochs: int, steps_per_epoch: int,
-           **overrides: Any) -> Method:
+def recipe(spec: str | Recipe, model: nn.Module, epochs: int, steps_per_epoch: int, *,
+           param_groups: Any = None, **overrides: Any) -> Method:
     """Build the :class:`~polyak.method.Method` a recipe spec names, for a training budget.
 
-    ``overrides`` are merged into the parsed recipe as they are (never turned into text)."""
-    return parse(spec).with_overrides(**overrides).build(model, epochs, steps_per_epoch)
+    ``overrides`` are merged into the parsed recipe as they are (never turned into text), e.g.
+    ``warmup=2`` (epochs of linear lr warm-up, every recipe has it). ``param_groups``: groups of
+    the model's parameters with their own settings (``weight_decay``, ``lr_scale``; frozen
+    parameters left out), e.g. from :func:`polyak.param_groups.param_groups`."""
+    return parse(spec).with_overrides(**overrides).build(model, epochs, steps_per_epoch,
+                                                         param_groups=param_groups)
 
 
 def available(spec: str | Recipe) -> tuple[bool, str]:
