@@ -1,6 +1,6 @@
 """Curvature of a training loss: the largest Hessian eigenvalue and the Hessian trace.
 
-Vanilla SGD with larger learning rates (SGDL, METHODS.md section 7): gradient descent on a
+Vanilla SGD with larger learning rates (SGDL, docs/methods.md section 7): gradient descent on a
 quadratic with Hessian ``H`` converges iff ``lr < 2/lambda_max(H)``; heavy ball with momentum
 ``beta`` (``v <- beta*v + g; w <- w - lr*v``) iff ``lr < 2(1+beta)/lambda_max``. Near a minimum
 these bounds tell how large a constant learning rate a network tolerates.

@@ -1,7 +1,7 @@
 """Incremental gradient descent (IGD) on regularized least squares, exactly.
 
 Vanilla SGD with larger learning rates (SGDL), Sec. 5 eq. (8) and Appendix A.2 Example 3
-(METHODS.md section 7). The problem is ``f(x) = 1/2 ||Ax - b||^2 + mu/2 ||D^(1/2) x||^2`` with
+(docs/methods.md section 7). The problem is ``f(x) = 1/2 ||Ax - b||^2 + mu/2 ||D^(1/2) x||^2`` with
 rows ``a_i`` of ``A`` (N rows). One IGD epoch visits rows 1..N in order with the constant step
 ``t``, each step on ``f_i(x) = 1/2 (a_i^T x - b_i)^2 + mu/(2N) x^T D x``::
 

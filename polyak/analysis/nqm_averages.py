@@ -6,10 +6,10 @@ use is read out (the iterate, or ``scale * a``). Step ``k`` means "after the k-t
 ``k = 0`` is the initial point.
 
 - :class:`Tail`: uniform average of ``x_k`` for ``k = start, start+every, ...`` (Polyak / SWA /
-  Gadam tail averaging, Gadam eq. for ``w_avg``; METHODS.md section 5).
+  Gadam tail averaging, Gadam eq. for ``w_avg``; docs/methods.md section 5).
 - :class:`EMA`: ``a <- decay*a + (1-decay) x`` every ``every`` steps, bias-corrected
   (``a`` from 0, read ``a/(1-decay^n)``) or started at ``x_0``.
-- :class:`PhaseWise`: Kobayashi's Algorithm 1 (METHODS.md section 6): within phase ``p`` of
+- :class:`PhaseWise`: Kobayashi's Algorithm 1 (docs/methods.md section 6): within phase ``p`` of
   ``T_p`` collections, ``a <- gamma a + (1-gamma) x`` with ``gamma = gamma0^(T_ref/T_p)``; at its
   end ``x <- a/(1-gamma^T_p)``, ``a <- 0``, the momentum buffer kept or reset. The model in use is
   always the iterate (the last phase's end leaves the final aggregate in it).

@@ -4,7 +4,7 @@ recalibration; swapping averaged weights in and out. Imports torch only.
 Every average keeps a flat copy of the model's parameters (never its buffers), is driven by
 ``end_epoch(epoch)`` (0-based epochs) and, for per-step schedules, ``step()`` after each optimizer
 step, and is used through ``applied(model, bn_loader=...)`` (a context manager) or
-``copy_to(model)``. See METHODS.md sections 5 and 6.
+``copy_to(model)``. See docs/methods.md sections 5 and 6.
 """
 
 from __future__ import annotations

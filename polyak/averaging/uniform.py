@@ -1,9 +1,10 @@
 """Uniform (Polyak) averaging of iterates: SWA, Gadam/GadamX, averaged SGD/SAM.
 
-METHODS.md sec. 5; Izmailov et al. (SWA, Alg. 1), Granziol et al. (Gadam, Alg. 1), Nitanda et
-al. (averaged SGD/SAM). The running mean ``mean <- mean + (w - mean)/(n+1)``, where ``n`` is the
-number of iterates already averaged and the first collection copies ``w``; the update is the
-single kernel ``lerp(mean, w, 1/(n+1))`` (one multi-tensor launch for all parameters).
+docs/methods.md section 5; Izmailov et al. (SWA, Alg. 1), Granziol et al. (Gadam, Alg. 1),
+Nitanda et al. (averaged SGD/SAM). The running mean ``mean <- mean + (w - mean)/(n+1)``, where
+``n`` is the number of iterates already averaged and the first collection copies ``w``; the
+update is the single kernel ``lerp(mean, w, 1/(n+1))`` (one multi-tensor launch for all
+parameters).
 
 When collection starts. Epochs are 0-based and an epoch ``e`` is collected, after it ends, when
 ``e >= start_epoch``. With ``T_avg`` as in the Gadam paper, ``start_epoch=T_avg`` reproduces the

@@ -1,6 +1,6 @@
 """AdaBound / AMSBound (Luo et al., ICLR 2019): Adam whose per-coordinate step is clipped into
 bounds that close in on an SGD learning rate. A baseline of the phase-wise aggregation paper
-(Kobayashi, Table 3). METHODS.md section 2, following the authors' code (coupled L2 decay, eps
+(Kobayashi, Table 3). docs/methods.md section 2, following the authors' code (coupled L2 decay, eps
 added to sqrt(v) without bias correction, bounds that follow lr schedulers):
 
     g <- g + wd*p

@@ -1,7 +1,7 @@
 """Lookahead (Zhang, Lucas, Hinton & Ba, NeurIPS 2019, Algorithm 1): k steps forward, 1 step back.
 
 A baseline of the phase-wise aggregation paper (Kobayashi, Table 1c: "LA", k=5) and combinable
-with Gadam (Granziol et al., App. .2). METHODS.md section 3. Slow weights ``phi`` are copied
+with Gadam (Granziol et al., App. .2). docs/methods.md section 3. Slow weights ``phi`` are copied
 from the fast weights ``theta`` at construction; after every ``k`` steps of the inner optimizer
 
     phi <- phi + alpha * (theta - phi);   theta <- phi

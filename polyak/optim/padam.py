@@ -1,7 +1,7 @@
 """Padam: partially adaptive Adam(W)/AMSGrad (Chen & Gu, 2018), the base of Gadam and GadamX.
 
 Granziol, Wan et al., "Beyond SGD: Iterate Averaged Adaptive Gradient Methods" (Gadam/GadamX),
-Appendix Algorithm 1, with the update rule of the authors' code (METHODS.md section 1), which
+Appendix Algorithm 1, with the update rule of the authors' code (docs/methods.md section 1), which
 differs from the algorithm as printed:
 
     p <- p * (1 - lr*wd)                     (decoupled; coupled L2 instead: g <- g + wd*p)

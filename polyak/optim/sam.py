@@ -1,7 +1,7 @@
 """SAM (Foret et al., ICLR 2021, Eq. 2 and Algorithm 1) and ASAM (Kwon et al., ICML 2021, Eq. 9).
 
 The sharpness-aware base of "averaged SAM" in the parameter-averaging paper (Nitanda et al.).
-METHODS.md section 4, following the authors' code (davda54/sam) where it is more precise:
+docs/methods.md section 4, following the authors' code (davda54/sam) where it is more precise:
 
     first step:   n = || g ||_2           over ALL parameters   (ASAM: || |w| * g ||_2)
                   e = rho / (n + 1e-12) * g                     (ASAM: * w^2)

@@ -1,4 +1,5 @@
-"""AdaBound against a direct re-computation of METHODS.md s.2, torch's Adam and closed forms."""
+"""AdaBound against a direct re-computation of docs/methods.md section 2, torch's Adam and
+closed forms."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def test_coupled_partial_half_eps0_equals_torch_adam(amsgrad, weight_decay):
 
 
 def reference_padam(model, x, y, steps, lrs, eps, wd, partial, amsgrad, decoupled):
-    """METHODS.md section 1 written out directly, one parameter at a time (float64 model)."""
+    """docs/methods.md section 1 written out directly, one parameter at a time (float64 model)."""
     params = list(model.parameters())
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]

@@ -1,5 +1,5 @@
 """Padam(fused=True) against torch's fused and unfused Adam(W), a plain-loop re-computation of
-METHODS.md s.1 and the single-tensor path; its checkpoints against the foreach path's.
+docs/methods.md section 1 and the single-tensor path; its checkpoints against the foreach path's.
 
 Tolerances: the fused kernel orders the arithmetic differently (lerp by fma, sqrt(v)/sqrt(bc2)
 + eps/sqrt(bc2)), so it is not bit-equal to the other paths: after 50 steps float64 agrees to
@@ -32,7 +32,7 @@ def two_groups(model, lr0=0.05, lr=0.02, **kwargs):
 
 
 def plain_loop_adam(model, x, y, steps, lrs, eps, wd, amsgrad, decoupled):
-    """METHODS.md section 1 with partial=0.5, written out one parameter at a time."""
+    """docs/methods.md section 1 with partial=0.5, written out one parameter at a time."""
     params = list(model.parameters())
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
