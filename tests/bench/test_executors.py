@@ -45,16 +45,19 @@ def test_bad_executor_options(kwargs, needle):
         make_executor(kwargs.pop("name"), **kwargs)
 
 
+@pytest.mark.parametrize("command", [["bench", "--tasks", "tiny"], ["tune", "--task", "tiny"]])
 @pytest.mark.parametrize("args,needle", [
     (["--executor", "ray", "--workers", "2"], "Invalid workers"),
     (["--cpus-per-run", "2"], "go with --executor ray"),
     (["--executor", "spark"], "Invalid executor"),
+    (["--executor", "ray", "--gpus-per-run", "-1"], "Invalid gpus-per-run"),
 ])
-def test_bad_executor_flags_are_one_line(capsys, tmp_path, tiny_task, monkeypatch, args, needle):
+def test_bad_executor_flags_are_one_line(capsys, tmp_path, tiny_task, monkeypatch, command,
+                                         args, needle):
     monkeypatch.setitem(TASKS, "tiny", tiny_task.replace(name="tiny"))
     store = tmp_path / "runs.sqlite"
     with pytest.raises(SystemExit) as info:
-        main(["bench", "--tasks", "tiny", "--methods", "sgd", "--store", str(store), *args])
+        main([*command, "--methods", "sgd", "--store", str(store), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1 and needle in err[0], err
     assert not store.exists()
