@@ -1,10 +1,18 @@
 """The benchmark grid: (task x method x seed) runs in worker processes, results in the store.
 
 Workers are ``spawn``-ed processes (safe with torch), each with ``torch.set_num_threads(1)``;
-they only train and return results. The parent is the one writer of the store: it marks a run
-``running`` when it hands it to a worker (at most ``workers`` in flight) and writes the finished
-run with all its metrics in one transaction, so an interrupted bench keeps every completed run
-and the next bench runs only the missing ones. An exception inside a run is recorded as
+they only train and return results. The parent is the one writer of the store: it claims a run
+under a lease when it hands it to a worker (at most ``workers`` in flight; a heartbeat thread
+renews the leases) and writes the finished run with all its metrics in one transaction, so an
+interrupted bench keeps every completed run and the next bench runs only the missing ones. Runs
+another live bench holds are waited for (polled) and taken over if its lease expires.
+
+With ``resume`` (a :class:`~polyak.bench.resume.ResumePolicy`) every run saves its full state
+every few epochs and a run that finds its checkpoint continues from it (bit for bit on the
+CPU): a killed bench loses at most the epochs since the last save. Before anything runs the
+checkpoints of unfinished runs are read and checked (a corrupt or foreign one stops the bench
+with one line naming it); a run's checkpoint is removed once the run is in the store, and stale
+ones of finished runs are removed at the start. An exception inside a run is recorded as
 ``failed`` with its traceback (retried by the next bench) and never stops the grid; a
 non-finite loss is recorded as ``diverged``. With ``workers=1`` the runs execute in-process.
 Runs on CUDA (``task.device``) default to one worker: one run at a time on the one GPU.
@@ -13,10 +21,10 @@ Runs on CUDA (``task.device``) default to one worker: one run at a time on the o
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,20 +37,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import polyak
 from polyak.bench.checkpoints import CheckpointPolicy
-from polyak.bench.executors import Queue
 from polyak.bench.executors.local import LocalExecutor
-from polyak.bench.store import FINAL, RunKey, Store
+from polyak.bench.resume import ResumePolicy, RunCheckpoint
+from polyak.bench.store import FINAL, Heartbeat, RunKey, Store
 from polyak.bench.tasks import Task
 from polyak.bench.train import (
     RunResult,
     build_method,
     make_model,
-    resolve_overrides,
+    run_config,
+    run_identity,
     steps_per_epoch,
     train_run,
 )
 
-__all__ = ["Job", "GridSummary", "plan_grid", "run_grid", "default_methods"]
+__all__ = ["Job", "GridSummary", "plan_grid", "run_grid", "default_methods", "check_checkpoints"]
 
 
 @dataclass(frozen=True)
@@ -54,13 +63,21 @@ class Job:
     seed: int
     epochs: int
     checkpoints: CheckpointPolicy | None = None  # not part of the run's identity
+    resume: ResumePolicy | None = None  # mid-run checkpoints; not part of the identity
 
     @cached_property
     def key(self) -> RunKey:
         """The run's identity (computed once: the tuned lr it records cannot change under it)."""
-        config = {"task": self.task.config(), "overrides": resolve_overrides(self.task, self.spec)}
-        text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        return RunKey(self.task.name, self.spec, self.seed, self.epochs, text)
+        return RunKey(self.task.name, self.spec, self.seed, self.epochs,
+                      run_config(self.task, self.spec))
+
+    @cached_property
+    def checkpoint(self) -> RunCheckpoint | None:
+        """The run's resume checkpoint (``None`` without a resume policy)."""
+        if self.resume is None or not self.resume.enabled:
+            return None
+        identity = run_identity(self.task, self.spec, self.seed, self.epochs)
+        return self.resume.for_run(identity)
 
 
 @dataclass
@@ -68,7 +85,7 @@ class GridSummary:
     """Counts of what a ``run_grid`` call did."""
 
     total: int = 0
-    skipped: int = 0          # already complete or diverged in the store
+    skipped: int = 0          # already complete or diverged in the store (or by another bench)
     complete: int = 0
     diverged: int = 0
     failed: int = 0
@@ -100,8 +117,8 @@ def _check_spec(task: Task, spec: str, epochs: int) -> None:
 
 
 def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | None = None,
-              epochs: int | None = None, checkpoints: CheckpointPolicy | None = None
-              ) -> list[Job]:
+              epochs: int | None = None, checkpoints: CheckpointPolicy | None = None,
+              resume: ResumePolicy | None = None) -> list[Job]:
     """Every (task, method, seed) job, seed-major; ``None`` means the task's default.
 
     ``methods=None`` means the available paper methods. Every spec is validated (and every
@@ -120,7 +137,7 @@ def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | 
         for spec in specs:
             _check_spec(task, spec, n_epochs)
         n_seeds = task.seeds if seeds is None else seeds
-        jobs += [Job(task, spec, seed, n_epochs, checkpoints)
+        jobs += [Job(task, spec, seed, n_epochs, checkpoints, resume)
                  for seed in range(n_seeds) for spec in specs]
     return jobs
 
@@ -133,7 +150,7 @@ def _init_worker() -> None:
 def _work(job: Job) -> RunResult:
     try:
         return train_run(job.task, job.spec, job.seed, job.epochs,
-                         checkpoints=job.checkpoints)
+                         checkpoints=job.checkpoints, resume=job.checkpoint)
     except Exception as exc:  # a failing run must not stop the grid
         text = "".join(traceback.format_exception(exc))
         return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
@@ -145,7 +162,11 @@ def _record(store: Store, job: Job, result: RunResult, summary: GridSummary) -> 
         summary.failed += 1
         summary.errors.append(f"{job.spec} seed {job.seed}: {(result.error or '').splitlines()[0]}")
         return
-    store.finish(job.key, result)
+    if not store.finish(job.key, result):  # the lease expired and another bench took it over
+        summary.errors.append(f"{job.spec} seed {job.seed}: lease lost, result not written")
+        return
+    if job.checkpoint is not None:
+        job.checkpoint.remove()
     if result.status == "diverged":
         summary.diverged += 1
     else:
@@ -162,22 +183,36 @@ def _describe(job: Job, result: RunResult) -> str:
             f"test acc {test:.2f}% ({result.wall_time:.1f} s)")
 
 
+def check_checkpoints(store: Store, jobs: list[Job]) -> None:
+    """Remove the resume checkpoints of finished runs; read and check those of the others
+    (``CheckpointError`` naming a corrupt or foreign file, before anything runs)."""
+    for job in jobs:
+        if job.checkpoint is None or not job.checkpoint.path.exists():
+            continue
+        if store.status(job.key) in FINAL:
+            job.checkpoint.remove()
+        else:
+            job.checkpoint.load()
+
+
 def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
              console: Console | None = None, show_progress: bool = True,
              on_result: Callable[[Job, RunResult], None] | None = None,
-             executor: Any = None) -> GridSummary:
+             executor: Any = None, poll: float = 5.0) -> GridSummary:
     """Run the ``jobs`` the store does not hold as complete/diverged; write each as it ends.
 
     ``workers=None``: one per CPU core, or 1 when a job trains on CUDA (one GPU, one run at a
     time; runs sharing a GPU would only queue on it). ``executor`` (e.g. a
     :class:`~polyak.bench.executors.ray.RayExecutor`) runs the jobs elsewhere instead of the local
-    pool; the results still come back here, the store's one writer."""
+    pool; the results still come back here, the store's one writer. Runs another bench holds
+    are polled every ``poll`` seconds until they finish there or their lease expires."""
     if workers is None:
         on_gpu = any(job.task.device != "cpu" for job in jobs)
         workers = 1 if on_gpu else (os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"Invalid workers: {workers!r} (allowed: an integer >= 1)")
     summary = GridSummary(total=len(jobs))
+    check_checkpoints(store, jobs)
     store.plan([job.key for job in jobs])
     todo = [job for job in jobs if store.status(job.key) not in FINAL]
     summary.skipped = len(jobs) - len(todo)
@@ -192,16 +227,54 @@ def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
         if on_result is not None:
             on_result(job, result)
 
+    def elsewhere(job: Job) -> None:  # finished by another bench sharing the store
+        summary.skipped += 1
+        progress.advance(bar)
+
     with progress:
         where = executor.describe(todo) if executor is not None else \
             f"{min(workers, max(len(todo), 1))} workers"
         bar = progress.add_task(f"polyak bench ({where})",
                                 total=len(jobs), completed=summary.skipped)
         try:
-            (executor or LocalExecutor(workers)).run(store, Queue(store, todo), done)
+            with Heartbeat(store):
+                claims = _Claims(store, todo, elsewhere, poll)
+                (executor or LocalExecutor(workers)).run(store, claims, done)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
+
+
+class _Claims:
+    """The runs left to do, handed out as this bench manages to claim them."""
+
+    def __init__(self, store: Store, todo: list[Job], elsewhere: Callable[[Job], None],
+                 poll: float) -> None:
+        self.store, self.queue, self.elsewhere, self.poll = store, list(todo), elsewhere, poll
+
+    def __bool__(self) -> bool:
+        return bool(self.queue)
+
+    def take(self) -> Job | None:
+        """The first job of the queue this bench can claim now (``None``: none can be: the
+        rest are held by other benches, or the queue is empty)."""
+        for job in list(self.queue):
+            if self.store.claim(job.key) is not None:
+                self.queue.remove(job)
+                return job
+            if self.store.status(job.key) in FINAL:
+                self.queue.remove(job)
+                self.elsewhere(job)
+        return None
+
+    def wait(self) -> Job | None:
+        """Like :meth:`take`, but waits while other benches hold every remaining job."""
+        while self.queue:
+            job = self.take()
+            if job is not None or not self.queue:
+                return job
+            time.sleep(self.poll)
+        return None
 
 
 def _run_inline(store: Store, claims: Any, done: Callable[[Job, RunResult], None]) -> None:

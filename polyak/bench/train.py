@@ -34,6 +34,7 @@ are not reproducible bit for bit (cuDNN picks its kernels).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -55,13 +56,14 @@ from polyak.bench.data.augment import Augment, channel_stats
 from polyak.bench.device import is_cuda, prepare_model
 from polyak.bench.lm import evaluate_lm, train_epoch_lm
 from polyak.bench.models import get_model
+from polyak.bench.resume import RunCheckpoint, capture_rngs, restore_rngs
 from polyak.bench.tasks import Task
 from polyak.distributed import is_distributed, rank_slice
 from polyak.method import NonFiniteError
 
 __all__ = ["Batches", "RunResult", "train_run", "build_method", "resolve_overrides",
            "evaluate", "make_model", "steps_per_epoch", "task_splits", "transforms",
-           "train_epoch"]
+           "train_epoch", "run_config", "run_identity", "machine"]
 
 _LR_IN_SPEC = re.compile(r"(?:^|[:,])\s*lr\s*=")
 _AUGMENT_SEED = 0x5EED  # the augmentation generator is seeded with seed + this
@@ -95,6 +97,8 @@ class RunResult:
     records: list[dict[str, float]] = field(default_factory=list)
     error: str | None = None
     wall_time: float = 0.0
+    resumed_from: list[int] = field(default_factory=list)  # first epoch of each continuation
+    machines: list[str] = field(default_factory=list)  # "torch <version> <CPU capability>"
 
 
 def seed_everything(seed: int) -> None:
@@ -162,7 +166,12 @@ def transforms(task: Task, mean: torch.Tensor | None, std: torch.Tensor | None, 
     if not (task.crop or task.flip):
         return eval_tf, eval_tf
     generator = torch.Generator(device=device).manual_seed(seed + _AUGMENT_SEED)
-    return (lambda x: augment(x, generator)), eval_tf
+
+    def train_tf(x: torch.Tensor) -> torch.Tensor:
+        return augment(x, generator)
+
+    train_tf.generator = generator  # type: ignore[attr-defined]  (saved by a resume checkpoint)
+    return train_tf, eval_tf
 
 
 @torch.no_grad()
@@ -226,8 +235,10 @@ def train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
-          mean: torch.Tensor | None, std: torch.Tensor | None) -> tuple[Any, Any, Any]:
-    """(one training epoch, evaluation on (x, y), the bn_loader) for the task's kind; under
+          mean: torch.Tensor | None, std: torch.Tensor | None
+          ) -> tuple[Any, Any, Any, dict[str, torch.Generator]]:
+    """(one training epoch, evaluation on (x, y), the bn_loader, the run's own generators by
+    name) for the task's kind; under
     torch.distributed the training passes go through DDP and each rank recalibrates BatchNorm
     on its share of the batches (:mod:`polyak.bench.ddp`)."""
     size, eval_size = task.batch_size, task.eval_batch_size
@@ -237,27 +248,75 @@ def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
     net = ddp.wrap(model)
     if task.kind == "lm":
         return (lambda: train_epoch_lm(method, model, splits.x_train, splits.y_train, size),
-                lambda x, y: evaluate_lm(model, x, y, eval_size), None)
+                lambda x, y: evaluate_lm(model, x, y, eval_size), None, {})
     order = torch.Generator().manual_seed(seed)  # the batch order, drawn on the CPU
     train_tf, eval_tf = transforms(task, mean, std, seed, splits.x_train.device)
     bn_loader = Batches(splits.x_train, splits.y_train, size, eval_tf)
+    generators = {"order": order}
+    if train_tf is not None and getattr(train_tf, "generator", None) is not None:
+        generators["augment"] = train_tf.generator
     return (lambda: train_epoch(method, net, splits.x_train, splits.y_train, size, order,
                                  train_tf),
             lambda x, y: evaluate(model, x, y, eval_size, eval_tf),
-            ddp.RankBatches(bn_loader) if is_distributed() else bn_loader)
+            ddp.RankBatches(bn_loader) if is_distributed() else bn_loader, generators)
+
+
+def run_config(task: Task, spec: str) -> str:
+    """The canonical JSON of a run's config: the task's and the lr override the bench applies
+    (part of the run's identity in the store and in its checkpoints)."""
+    config = {"task": task.config(), "overrides": resolve_overrides(task, spec)}
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def run_identity(task: Task, spec: str, seed: int, epochs: int) -> dict[str, Any]:
+    """What a resume checkpoint must match: task, spec, seed, epochs, config hash, version."""
+    from polyak.bench.store import config_hash
+
+    return {"task": task.name, "method": spec, "seed": int(seed), "epochs": int(epochs),
+            "config_hash": config_hash(json.loads(run_config(task, spec))),
+            "polyak_version": polyak.__version__}
+
+
+def machine() -> dict[str, str]:
+    """The torch build and CPU kernel set a run computes with (results differ in the last bits
+    across them)."""
+    return {"torch_version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, method: Any,
+             generators: dict[str, torch.Generator], result: RunResult) -> int:
+    """Load a resume checkpoint into the freshly built run; the epoch to continue from."""
+    model.load_state_dict(saved["model"])
+    method.load_state_dict(saved["method"])
+    restore_rngs(saved["rngs"], generators)
+    result.records = [dict(r) for r in saved["records"]]
+    result.resumed_from = [*saved["resumed_from"], int(saved["epoch"]) + 1]
+    result.machines = list(dict.fromkeys([*saved["machines"], result.machines[0]]))
+    return int(saved["epoch"]) + 1
+
+
+def _state(model: nn.Module, method: Any, generators: dict[str, torch.Generator], epoch: int,
+           result: RunResult) -> dict[str, Any]:
+    """Everything a run needs to continue after ``epoch`` exactly as if it had not stopped."""
+    return {"epoch": epoch, "model": model.state_dict(), "method": method.state_dict(),
+            "rngs": capture_rngs(generators), "records": result.records,
+            "resumed_from": result.resumed_from, "machines": result.machines}
 
 
 def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
               on_epoch: Callable[[dict[str, float]], None] | None = None,
-              checkpoints: CheckpointPolicy | None = None, sync_bn: bool = False) -> RunResult:
+              checkpoints: CheckpointPolicy | None = None, sync_bn: bool = False,
+              resume: RunCheckpoint | None = None) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget);
-    ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``).
+    ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``);
+    ``resume`` continues from its checkpoint when there is one and saves the run's full state
+    there at the epochs it says (:mod:`polyak.bench.resume`; by rank 0 under torchrun).
 
     Under ``torch.distributed`` (``torchrun ... polyak train``) the same run trains
     data-parallel (:mod:`polyak.bench.ddp`); ``sync_bn`` converts BatchNorm to
     ``SyncBatchNorm`` (CUDA only); files are written by rank 0."""
     epochs = task.epochs if epochs is None else epochs
-    start = time.perf_counter()
     splits, mean, std = task_splits(task)
     seed_everything(seed)
     model = make_model(task, splits)
@@ -265,9 +324,13 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         model = ddp.convert_sync_bn(model, task.device)
     model = prepare_model(model, task.device, autocast=task.autocast)
     method = build_method(task, spec, model, epochs, steps_per_epoch(task, splits))
-    fit, score, bn_loader = _loop(task, splits, model, method, seed, mean, std)
-    result = RunResult(status="complete")
-    for epoch in range(epochs):
+    fit, score, bn_loader, generators = _loop(task, splits, model, method, seed, mean, std)
+    result = RunResult(status="complete", machines=[_machine_label()])
+    saved = resume.load() if resume is not None else None
+    first = 0 if saved is None else _restore(saved, model, method, generators, result)
+    start = time.perf_counter() - (result.records[-1]["time"] if result.records else 0.0)
+    last_save = time.perf_counter()
+    for epoch in range(first, epochs):
         lr = float(method.lr)
         try:
             train_loss, train_acc = fit()
@@ -297,5 +360,14 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
             break
         if method.should_stop:
             break
+        if resume is not None and epoch + 1 < epochs and \
+                resume.due(epoch, time.perf_counter() - last_save):
+            ddp.on_rank0(resume.save, _state(model, method, generators, epoch, result))
+            last_save = time.perf_counter()
     result.wall_time = time.perf_counter() - start
     return result
+
+
+def _machine_label() -> str:
+    m = machine()
+    return f"torch {m['torch_version']} {m['cpu_capability']}"

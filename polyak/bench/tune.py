@@ -14,6 +14,7 @@ every grid point's mean validation accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 
 import polyak
 from polyak.bench.models import get_model
+from polyak.bench.resume import ResumePolicy
 from polyak.bench.runner import GridSummary, Job, run_grid
 from polyak.bench.store import Store
 from polyak.bench.tasks import Task
@@ -87,13 +89,16 @@ def _score(store: Store, jobs: list[Job]) -> tuple[float, float]:
 def tune(store: Store, task: Task, plan: dict[str, list[tuple[float, list[Job]]]],
          grid: Sequence[float], seeds: int, epochs: int, workers: int | None = None,
          out: str | Path | None = None, command: str = "", show_progress: bool = True,
-         max_extend: int = 3, executor: Any = None) -> TuneResult:
+         max_extend: int = 3, executor: Any = None, resume: ResumePolicy | None = None
+         ) -> TuneResult:
     """Run the ``plan`` of :func:`tune_jobs` (resumable through ``store``), pick each method's
     lr and merge the winners into ``out`` (default: the task's tuned file). ``executor``: where
-    the runs execute (default: the local pool of ``workers``; see :func:`run_grid`)."""
+    the runs execute (default: the local pool of ``workers``; see :func:`run_grid`); ``resume``:
+    the runs' mid-run checkpoints (:mod:`polyak.bench.resume`)."""
     plan = {m: list(points) for m, points in plan.items()}
     for round_ in range(max_extend + 1):
-        jobs = [job for points in plan.values() for _, js in points for job in js]
+        jobs = [dataclasses.replace(job, resume=resume)
+                for points in plan.values() for _, js in points for job in js]
         summary = run_grid(store, jobs, workers=workers, show_progress=show_progress,
                            executor=executor)
         if summary.interrupted:

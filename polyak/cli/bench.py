@@ -132,6 +132,21 @@ RETRIES_HELP = ("With --executor ray: retries of a run whose worker or node died
 STORE_HELP = "SQLite run store (created when missing)."
 DEVICE_HELP = ("Where to train: auto (CUDA if available), cpu or cuda[:N]. On CUDA: data on "
                "the GPU, bf16 autocast, channels-last, one worker by default.")
+CHECKPOINT_EVERY_HELP = (
+    "Save each run's full state (model, optimizer, averages, RNGs, metrics) every K epochs, or "
+    "by time (90s, 10m, 1h), or off; a rerun continues a killed run from it, bit for bit on "
+    "the CPU. The checkpoint of a finished run is removed.")
+CHECKPOINT_DIR_HELP = ("Where runs keep their resume checkpoints, and --keep-checkpoints "
+                       "its <task>/<method>/seed<k>/epoch<e>.pt files.")
+
+
+def _resume_policy(every: str, directory: str):
+    from polyak.bench.resume import ResumePolicy, parse_every
+
+    epochs, seconds = parse_every(every)
+    return ResumePolicy(Path(directory).resolve(), epochs, seconds)  # absolute: for every node
+
+
 DATA_DIR_HELP = ("Directory to look in first for the datasets (and corpus.txt for kjv-lstm); "
                  "default: the loaders' search path (`polyak data list`).")
 
@@ -153,8 +168,8 @@ def bench_command(
         None, "--keep-checkpoints", help="Save the live model of each run at these epochs "
         "(0-based): 'epochs=0,10,39', 'every=5' or 'all' (for polyak stability and the probes)."),
     checkpoint_dir: str = typer.Option("polyak-checkpoints", "--checkpoint-dir",
-                                       help="Where --keep-checkpoints writes "
-                                       "<task>/<method>/seed<k>/epoch<e>.pt."),
+                                       help=CHECKPOINT_DIR_HELP),
+    checkpoint_every: str = typer.Option("1", "--checkpoint-every", help=CHECKPOINT_EVERY_HELP),
     executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
     ray_address: str = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     cpus_per_run: float = typer.Option(1, "--cpus-per-run", help=CPUS_HELP),
@@ -169,15 +184,14 @@ def bench_command(
     runner_ = _executor(executor, ray_address, cpus_per_run, gpus_per_run, max_retries, workers)
     task_list = _tasks(tasks, _device_for(device, runner_), _data_dir(data_dir))
     specs = split_specs(methods) if methods is not None else None
+    resume = _resume_policy(checkpoint_every, checkpoint_dir)
     policy = None
     if keep_checkpoints is not None:
-        from pathlib import Path
-
         from polyak.bench.checkpoints import CheckpointPolicy, KeepEpochs
 
         policy = CheckpointPolicy(Path(checkpoint_dir).resolve(),  # absolute: for every node
                                   KeepEpochs.parse(keep_checkpoints))
-    jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy)
+    jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy, resume=resume)
     _warn_gpu_sized(task_list, epochs)
     run_store = _open_store(store)
     notes = [f"{name} not run: {why}" for name, why in default_methods()[1]] if specs is None \
@@ -252,6 +266,9 @@ def tune_command(
     cpus_per_run: float = typer.Option(1, "--cpus-per-run", help=CPUS_HELP),
     gpus_per_run: float = typer.Option(0, "--gpus-per-run", help=GPUS_HELP),
     max_retries: int = typer.Option(3, "--max-retries", help=RETRIES_HELP),
+    checkpoint_dir: str = typer.Option("polyak-checkpoints", "--checkpoint-dir",
+                                       help="Where runs keep their resume checkpoints."),
+    checkpoint_every: str = typer.Option("1", "--checkpoint-every", help=CHECKPOINT_EVERY_HELP),
 ) -> int:
     """Tune each method's learning rate on the validation set; write the winners as JSON."""
     from polyak.bench.runner import default_methods
@@ -261,6 +278,7 @@ def tune_command(
         _positive(name, value)
     if max_extend < 0:
         fail(f"Invalid max-extend: {max_extend} (allowed: an integer >= 0)")
+    resume = _resume_policy(checkpoint_every, checkpoint_dir)
     runner_ = _executor(executor, ray_address, cpus_per_run, gpus_per_run, max_retries, workers)
     (the_task,) = _tasks(task, _device_for(device, runner_), _data_dir(data_dir))
     try:
@@ -278,7 +296,7 @@ def tune_command(
     try:
         result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
                       command=command, show_progress=progress, max_extend=max_extend,
-                      executor=runner_)
+                      executor=runner_, resume=resume)
     finally:
         if runner_ is not None:
             runner_.close()

@@ -136,8 +136,9 @@ def test_pool_path_bounds_the_runs_in_flight(tiny_task, tmp_path, monkeypatch):
     real_claim = Store.claim
 
     def claim(self, key):
-        real_claim(self, key)
+        run_id = real_claim(self, key)
         in_flight.append(sum(r["status"] == "running" for r in self.runs()))
+        return run_id
 
     monkeypatch.setattr(Store, "claim", claim)
     monkeypatch.setattr(runner, "_new_pool", lambda workers: cf.ThreadPoolExecutor(1))

@@ -1,0 +1,136 @@
+"""`polyak bench` killed with SIGKILL (the whole process group) at random moments, mid-epoch and
+inside a checkpoint write, then rerun until it finishes: the store must equal an uninterrupted
+bench's, every run once, and the reruns must have continued runs mid-way from their
+checkpoints instead of redoing finished epochs."""
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from polyak.bench.store import Store
+
+DRIVER = textwrap.dedent("""
+    import pickle, sys
+    from polyak.bench.tasks import TASKS
+    TASKS["kill-tiny"] = pickle.loads(open(sys.argv[1], "rb").read())
+    from polyak.cli import main
+    main(sys.argv[2:])
+""")
+METHODS = "sgdm,swa,pwa"
+SEEDS, EPOCHS = 2, 5
+
+
+def command(tmp, store, ckpt):
+    return [sys.executable, "-c", DRIVER, str(tmp / "task.pkl"), "bench", "--tasks", "kill-tiny",
+            "--methods", METHODS, "--seeds", str(SEEDS), "--epochs", str(EPOCHS),
+            "--workers", "1", "--store", str(store), "--checkpoint-dir", str(ckpt),
+            "--out", str(tmp / "report"), "--no-progress", "--device", "cpu"]
+
+
+def start(cmd, **env):
+    return subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_group(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"bench ended before the kill: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)
+
+
+def resume_files(ckpt):
+    return sorted(Path(ckpt).rglob("resume-*.pt"))
+
+
+def tmp_files(ckpt):
+    return sorted(Path(ckpt).rglob(".resume-*.tmp*"))
+
+
+def saved_epochs(ckpt):
+    """(method, seed) -> epoch of each resume checkpoint on disk."""
+    out = {}
+    for path in resume_files(ckpt):
+        data = torch.load(path, weights_only=True)
+        out[(data["identity"]["method"], data["identity"]["seed"])] = data["epoch"]
+    return out
+
+
+def contents(path):
+    with Store(path) as store:
+        runs = store.runs()
+        return {(r["method"], r["seed"]): (r["status"], r["resumed"],
+                                            [{k: v for k, v in m.items() if k != "time"}
+                                             for m in store.metrics(r["id"])])
+                for r in runs}, len(runs)
+
+
+@pytest.mark.slow
+def test_sigkilled_bench_resumes_to_the_uninterrupted_store(tiny_task, tmp_path):
+    task = tiny_task.replace(name="kill-tiny", data_kwargs={**tiny_task.data_kwargs,
+                                                            "n_train": 1000})
+    (tmp_path / "task.pkl").write_bytes(pickle.dumps(task))
+    reference = subprocess.run(command(tmp_path, tmp_path / "ref.sqlite", tmp_path / "ref-ck"),
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+
+    store, ckpt = tmp_path / "runs.sqlite", tmp_path / "ck"
+    cmd, rng, log = command(tmp_path, store, ckpt), random.Random(20261130), []
+    resumable = {}  # (method, seed) -> epoch of the checkpoint a later invocation must use
+    # kills 1 and 2: a random moment after training began (mostly mid-epoch)
+    for _ in range(2):
+        proc = start(cmd)
+        wait_for(lambda: resume_files(ckpt), proc)
+        time.sleep(rng.uniform(0.05, 0.6))
+        writing = bool(tmp_files(ckpt))
+        kill_group(proc)
+        log.append("inside a checkpoint write" if writing else "between checkpoint writes")
+        resumable.update(saved_epochs(ckpt))
+    # kill 3: inside a checkpoint write (the test hook sleeps between the write and the rename)
+    before = saved_epochs(ckpt)
+    proc = start(cmd, POLYAK_TEST_CHECKPOINT_SLEEP="30")
+    wait_for(lambda: tmp_files(ckpt), proc)
+    kill_group(proc)
+    log.append("inside a checkpoint write")
+    assert tmp_files(ckpt)  # the half-done write is left behind as a temporary file...
+    after = saved_epochs(ckpt)  # ...and every checkpoint is still a readable, older state
+    assert all(after[k] == before[k] for k in before)
+    resumable.update(after)
+    # rerun until it finishes
+    runs = 0
+    while True:
+        runs += 1
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode == 0:
+            break
+        assert runs < 3, done.stderr
+
+    got, n_got = contents(store)
+    want, n_want = contents(tmp_path / "ref.sqlite")
+    assert n_got == n_want == SEEDS * len(METHODS.split(","))  # no run lost or counted twice
+    assert {k: (s, m) for k, (s, _, m) in got.items()} == \
+        {k: (s, m) for k, (s, _, m) in want.items()}  # bit-for-bit the same metrics
+    assert all(s == "complete" for s, _, _ in got.values())
+    # the reruns continued the runs they found checkpoints of, after the saved epoch
+    assert resumable, "no run was checkpointed before a kill"
+    resumed = {k: [int(e) for e in r.split(",")] for k, (_, r, _) in got.items() if r}
+    for key, epoch in resumable.items():
+        assert epoch + 1 in resumed.get(key, []), (key, epoch, resumed)
+    assert not resume_files(ckpt) and not tmp_files(ckpt)  # finished runs leave no checkpoint
+    print(f"kills: {log}; checkpoints resumed: {resumable}; store resumed: {resumed}")
