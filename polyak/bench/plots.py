@@ -11,13 +11,14 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["PANELS", "error_curves", "panels", "plot_test_error"]
+__all__ = ["ONE_PANEL", "PANELS", "error_curves", "log_ticks", "panels", "plot_test_error",
+           "error_figure"]
 
 
 def error_curves(runs: Sequence[Sequence[Mapping[str, float]]]
                  ) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Epochs (1-based) and the mean, min and max over runs of the test error in %, over the
-    epochs every run reached."""
+    """Epochs (0-based, as ``Method.end_epoch`` numbers them) and the mean, min and max over runs
+    of the test error in %, over the epochs every run reached."""
     length = min(len(curve) for curve in runs)
     epochs: list[int] = []
     means: list[float] = []
@@ -28,7 +29,7 @@ def error_curves(runs: Sequence[Sequence[Mapping[str, float]]]
                   if curve[i]["test_acc"] is not None]
         if not values:
             break
-        epochs.append(i + 1)
+        epochs.append(i)
         means.append(sum(values) / len(values))
         lows.append(min(values))
         highs.append(max(values))
@@ -50,8 +51,15 @@ PANELS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: up to this many methods share one panel (a small selection is compared directly).
+ONE_PANEL = 6
+
+
 def panels(methods: Sequence[str]) -> dict[str, list[str]]:
-    """The panels that have a method of ``methods``; methods in no panel go to "other"."""
+    """One panel for up to :data:`ONE_PANEL` methods; else the panels of :data:`PANELS` that have
+    a method of ``methods``, and methods in no panel go to "other"."""
+    if len(methods) <= ONE_PANEL:
+        return {"": list(methods)}
     chosen = {title: [m for m in members if m in methods] for title, members in PANELS.items()}
     chosen = {title: members for title, members in chosen.items() if members}
     placed = {m for members in chosen.values() for m in members}
@@ -61,32 +69,76 @@ def panels(methods: Sequence[str]) -> dict[str, list[str]]:
     return chosen
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """Readable ticks for a log axis from ``low`` to ``high``: the 1-2-5 series of each decade,
+    or finer series when that leaves fewer than three inside, or evenly spaced round values for
+    a very narrow range."""
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8),
+                      (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)) - 1,
+                                              math.ceil(math.log10(high)) + 1)
+                 for m in mantissas]
+        inside = [t for t in ticks if low <= t <= high]
+        if len(inside) >= 3:
+            return inside
+    return _linear_ticks(low, high)
+
+
+def _linear_ticks(low: float, high: float) -> list[float]:
+    """Evenly spaced round values (step 1, 2 or 5 times a power of ten), 3 or more in range."""
+    step = 10.0 ** math.floor(math.log10(high - low))
+    for factor in (1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01):
+        k = step * factor
+        ticks = [round(i * k, 12) for i in range(math.ceil(low / k), math.floor(high / k) + 1)]
+        if len(ticks) >= 3:
+            return ticks
+    return [low, high]
+
+
+def _tick_label(value: float, _pos: int = 0) -> str:
+    return f"{value:g}"
+
+
 def _y_limits(curves: Sequence[list[float]]) -> tuple[float, float] | None:
-    """Log-scale limits that show the second half of training, where methods separate."""
-    tail = [v for c in curves for v in c[len(c) // 3:] if math.isfinite(v) and v > 0]
-    if not tail:
+    """Log-scale limits around every finite positive value (nothing is cut off)."""
+    values = [v for c in curves for v in c if math.isfinite(v) and v > 0]
+    if not values:
         return None
-    return min(tail) * 0.85, max(tail) * 1.15
+    return min(values) * 0.85, max(values) * 1.15
 
 
 def plot_test_error(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], title: str,
                     path: str | Path) -> Path:
-    """Write a PNG of test error vs epoch: one panel per paper (:data:`PANELS`), one line (mean
-    over seeds) and band (min-max) per method."""
+    """Write a PNG of test error vs epoch (:func:`error_figure`)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = error_figure(curves, title)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def error_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+                      title: str):
+    """The figure: a small selection of methods in one panel, more in one panel per paper
+    (:func:`panels`); one line (mean over seeds) and band (min-max) per method; the error on a
+    log axis with plain tick labels (1-2-5 series), epochs 0-based on integer ticks."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {m: error_curves(runs) for m, runs in curves.items() if runs}
     data = {m: d for m, d in data.items() if d[0]}
     groups = panels(list(data)) or {"": []}
     cols = min(2, len(groups))
     rows = math.ceil(len(groups) / cols)
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.6 * rows), dpi=100,
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     cmap = plt.get_cmap("tab10")
     for ax, (panel, members) in zip(axes.flat, groups.items()):
         colour = {m: cmap(i % 10) for i, m in enumerate(members)}
@@ -99,15 +151,16 @@ def plot_test_error(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]
         if limits is not None:
             ax.set_yscale("log")
             ax.set_ylim(*limits)
+            ax.yaxis.set_major_locator(FixedLocator(log_ticks(*limits)))
+            ax.yaxis.set_major_formatter(FuncFormatter(_tick_label))
+            ax.yaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0-based)")
         ax.set_ylabel("test error (%)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig

@@ -3,7 +3,8 @@
 Results table (one row per method, ranked by mean final test accuracy): finished runs
 (``complete`` and ``diverged`` counted apart; statistics use complete runs only, a diverged
 run is reported, never averaged in), final test accuracy and NLL as mean +- std over seeds,
-the best epoch (1-based epoch of the highest mean validation accuracy of the reported weights:
+the best epoch (0-based, as ``end_epoch`` numbers it: the highest mean validation accuracy of
+the reported weights:
 the test set is not used to choose it), wall time per run, and Welch's t-test of the final test
 accuracy against the method's baseline (``polyak.recipes.BASELINES``): the difference in
 percentage points with its 95 % CI and the p-value.
@@ -85,7 +86,7 @@ def _best_epoch(curves: list[Curve]) -> int | None:
         return None
     length = min(len(c) for c in curves)
     means = [sum(c[i]["val_acc"] or 0.0 for c in curves) / len(curves) for i in range(length)]
-    return max(range(length), key=lambda i: (means[i], -i)) + 1 if length else None
+    return max(range(length), key=lambda i: (means[i], -i)) if length else None
 
 
 def _method_row(method: str, runs: list[dict[str, Any]]) -> MethodRow:
@@ -105,8 +106,9 @@ def _method_row(method: str, runs: list[dict[str, Any]]) -> MethodRow:
 
 def task_report(task: str, epochs: int, description: str,
                 runs_by_method: Mapping[str, list[dict[str, Any]]],
-                claims: Sequence[Claim] = CLAIMS) -> TaskReport:
-    """Rows (ranked, with the baseline tests) and claim verdicts of one task."""
+                claims: Sequence[Claim] = CLAIMS, baseline: str | None = None) -> TaskReport:
+    """Rows (ranked, with the baseline tests) and claim verdicts of one task. ``baseline``: the
+    method every other one is tested against (default: each method's own, BASELINES)."""
     rows = [_method_row(m, runs) for m, runs in runs_by_method.items()]
     ranked = sorted((r for r in rows if r.complete), key=lambda r: -r.acc_mean)
     for rank, row in enumerate(ranked, 1):
@@ -116,8 +118,12 @@ def task_report(task: str, epochs: int, description: str,
               for m, runs in runs_by_method.items()}
     finals = {m: [100.0 * c[-1]["test_acc"] for c in cs] for m, cs in curves.items()}
     for row in rows:
-        base = baseline_of(row.method)
-        if base is not None and base in finals and finals[base] and finals[row.method]:
+        base = baseline if baseline is not None else baseline_of(row.method)
+        if base is None or base == row.method:
+            continue
+        if not finals.get(base):
+            row.baseline = f"{base} (not run)"
+        elif finals[row.method]:
             row.baseline, row.vs_baseline = base, welch(finals[row.method], finals[base])
     results = [evaluate_claim(c, curves, epochs) for c in claims]
     return TaskReport(task, epochs, description, rows, results, curves)
@@ -150,7 +156,8 @@ def _rows_markdown(report: TaskReport) -> list[str]:
         time = "—" if math.isnan(r.time_per_run) else f"{r.time_per_run:.1f}"
         lines.append(
             f"| {r.rank or '—'} | {r.method} | {runs} | {_pm(r.acc_mean, r.acc_std, 2)} | "
-            f"{_pm(r.nll_mean, r.nll_std, 4)} | {r.best_epoch or '—'} | {time} | "
+            f"{_pm(r.nll_mean, r.nll_std, 4)} | {'—' if r.best_epoch is None else r.best_epoch} | "
+            f"{time} | "
             f"{r.baseline or '—'} | {vs[0]} | {vs[1]} |")
     return lines
 
@@ -183,6 +190,12 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
                   "Final test accuracy and NLL of the weights each method reports, mean ± std "
                   "over seeds; Δ acc: Welch t-test against the method's baseline.", ""]
         lines += _rows_markdown(rep) + [""]
+        missing = sorted({r.baseline.split()[0] for r in rep.rows
+                          if r.baseline and r.baseline.endswith("(not run)")})
+        if missing:
+            lines += [f"Baselines not run: {', '.join(missing)}. Run them too (`--methods`), "
+                      "or compare with a method that was run: `polyak report --baseline NAME`.",
+                      ""]
         if rep.figure is not None:
             lines += [f"![test error of {rep.task}]({rep.figure.name})", ""]
         lines += ["### Paper claims", ""] + _claims_markdown(rep) + [""]
@@ -195,17 +208,19 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
 
 def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
                  tasks: Mapping[str, tuple[int, str]], notes: Sequence[str] = (),
-                 claims: Sequence[Claim] = CLAIMS) -> tuple[str, list[TaskReport]]:
+                 claims: Sequence[Claim] = CLAIMS,
+                 baseline: str | None = None) -> tuple[str, list[TaskReport]]:
     """Build the reports of ``keys``, write ``report.md`` and the figures; the Markdown.
 
-    ``tasks`` maps a task name to its (epochs, description).
+    ``tasks`` maps a task name to its (epochs, description); ``baseline`` as in
+    :func:`task_report`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for task, by_method in collect(store, keys).items():
         epochs, description = tasks[task]
-        rep = task_report(task, epochs, description, by_method, claims)
+        rep = task_report(task, epochs, description, by_method, claims, baseline)
         if any(rep.curves.values()):
             rep.figure = plot_test_error(rep.curves, f"{task}: test error ({epochs} epochs)",
                                          out_dir / f"{task}-test-error.png")
@@ -215,6 +230,11 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
     tmp.write_text(text + "\n")
     tmp.replace(out_dir / "report.md")
     return text, reports
+
+
+def budgets_in_store(store: Store, task: str) -> list[int]:
+    """The epoch budgets of ``task``'s runs in the store, largest first."""
+    return sorted({run["epochs"] for run in store.runs(task)}, reverse=True)
 
 
 def keys_in_store(store: Store, tasks: Sequence[Any], methods: Sequence[str] | None = None,

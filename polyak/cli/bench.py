@@ -86,13 +86,13 @@ def _open_store(path: str, must_exist: bool = False):
     return Store(path)
 
 
-def _report(store, keys, tasks, out: str, notes: list[str]) -> None:
+def _report(store, keys, tasks, out: str, notes: list[str], baseline: str | None = None) -> None:
     from polyak.bench.report import write_report
 
     info = {t.name: (t.epochs, t.description) for t in tasks}
     for key in keys:
         info[key.task] = (key.epochs, info[key.task][1])
-    text, _ = write_report(store, keys, out, info, notes)
+    text, _ = write_report(store, keys, out, info, notes, baseline=baseline)
     _print_markdown(text)
     typer.echo(f"report written to {Path(out) / 'report.md'}", err=True)
 
@@ -223,9 +223,14 @@ def report_command(
                                "(auto: CUDA if available here, else cpu)."),
     data_dir: str = typer.Option(None, "--data-dir", help="The --data-dir of the bench "
                                  "(it tells which corpus a kjv-lstm run read)."),
+    baseline: str = typer.Option(None, "--baseline", help="Test every method against this "
+                                 "one (default: each method's own baseline, when it was run)."),
 ) -> int:
-    """Tables, figures and paper-claim verdicts of the runs in the store."""
-    from polyak.bench.report import keys_in_store
+    """Tables, figures and paper-claim verdicts of the runs in the store.
+
+    Without --epochs each task is reported at its own budget when the store has runs of it, else
+    at the largest budget it has runs of; the other budgets are listed with the flag to pick
+    them."""
     from polyak.bench.tasks import TASKS
 
     _positive("epochs", epochs)
@@ -235,12 +240,42 @@ def report_command(
     task_list = _tasks(tasks, dev, where) if tasks is not None else \
         [TASKS[name].replace(device=dev, data_dir=where) for name in run_store.tasks()
          if name in TASKS]
-    keys = keys_in_store(run_store, task_list, specs, epochs)
-    if not keys:
-        fail(f"No finished runs of {', '.join(t.name for t in task_list) or 'any task'} with the "
-             f"current settings in {store}")
-    _report(run_store, keys, task_list, out, [])
+    keys, notes = _keys_by_budget(run_store, task_list, specs, epochs, store)
+    if baseline is not None and not any(k.method == baseline for k in keys):
+        fail(f"Invalid baseline: {baseline!r} has no runs in this report (methods: "
+             f"{', '.join(sorted({k.method for k in keys}))})")
+    _report(run_store, keys, task_list, out, notes, baseline)
     return 0
+
+
+def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store: str):
+    """(run keys, report notes): per task the asked budget, else its own or the largest stored;
+    a one-line error naming the budgets in the store when nothing matches."""
+    from polyak.bench.report import budgets_in_store, keys_in_store
+
+    keys: list = []
+    notes: list[str] = []
+    found: dict[str, list[int]] = {}
+    for task in task_list:
+        budgets = found[task.name] = budgets_in_store(run_store, task.name)
+        choices = [epochs] if epochs is not None else [task.epochs] + budgets
+        for n_epochs in dict.fromkeys(choices):
+            chosen = keys_in_store(run_store, [task], specs, n_epochs)
+            if chosen:
+                keys += chosen
+                others = [b for b in budgets if b != n_epochs]
+                if others:
+                    notes.append(f"{task.name}: reported at {n_epochs} epochs; the store also "
+                                 f"has runs of {', '.join(map(str, others))} epochs "
+                                 f"(`polyak report --epochs N`)")
+                break
+    if not keys:
+        what = f"{epochs} epochs" if epochs is not None else "any budget"
+        have = "; ".join(f"{t}: {', '.join(map(str, b))} epochs" for t, b in found.items() if b)
+        fail(f"No finished runs of {', '.join(found) or 'any task'} at {what} with the current "
+             f"settings in {store}" + (f" (the store has {have}: pass --epochs N)" if have
+                                       else ""))
+    return keys, notes
 
 
 @app.command("tune")

@@ -120,3 +120,27 @@ def test_tune_bad_grid(capsys, tmp_path, tiny):
 def test_split_specs_keeps_overrides_together():
     assert split_specs("sgdm, gadamx:lr=0.05,avg_start=20,swa") == [
         "sgdm", "gadamx:lr=0.05,avg_start=20", "swa"]
+
+
+def test_report_after_a_shorter_bench_finds_its_budget_and_takes_a_baseline(capsys, tmp_path,
+                                                                            tiny):
+    """Issue 14: after `polyak bench --epochs 3` a plain `polyak report` said "No finished runs"
+    without naming --epochs; with the methods' baselines not run there was nothing to compare."""
+    store, out = tmp_path / "runs.sqlite", tmp_path / "report"
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "sgdl,asgd", "--seeds",
+                       "2", "--epochs", "1", "--workers", "1", "--store", str(store), "--out",
+                       str(out), "--no-progress")
+    assert code == 0, err
+    code, stdout, err = run(capsys, "report", "--store", str(store), "--out", str(out))
+    assert code == 0, err
+    assert "## tiny (1 epochs)" in stdout and "| sgdl |" in stdout
+    assert "sgdm (not run)" in stdout and "--baseline NAME" in stdout
+    code, stdout, err = run(capsys, "report", "--store", str(store), "--out", str(out),
+                            "--baseline", "sgdl")
+    assert code == 0, err
+    row = next(line for line in stdout.splitlines() if line.startswith("| ") and "| asgd |" in line)
+    assert "| sgdl |" in row and "(not run)" not in row
+    code, _, err = run(capsys, "report", "--store", str(store), "--epochs", "3")
+    assert_one_line_error(code, err, "the store has tiny: 1 epochs: pass --epochs N")
+    code, _, err = run(capsys, "report", "--store", str(store), "--baseline", "sgdm")
+    assert_one_line_error(code, err, "Invalid baseline: 'sgdm'")

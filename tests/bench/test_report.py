@@ -48,7 +48,7 @@ def test_rows_against_numpy_and_scipy():
     assert swa.nll_mean == pytest.approx(np.mean([1 - a for a in FINAL_ACC["swa"]]))
     assert swa.time_per_run == pytest.approx(3.0)
     val = np.mean([[r["val_acc"] for r in run["curve"]] for run in data["swa"]], axis=0)
-    assert swa.best_epoch == int(np.argmax(val)) + 1
+    assert swa.best_epoch == int(np.argmax(val))   # 0-based, as end_epoch numbers epochs
     assert swa.baseline == "sgdm"
     ref = stats.ttest_ind([100 * a for a in FINAL_ACC["swa"]],
                           [100 * a for a in FINAL_ACC["sgdm"]], equal_var=False)
