@@ -102,7 +102,8 @@ SLOW = pytest.mark.slow   # each starts a Trainer (~1-2 s); the default run keep
 
 
 @pytest.mark.parametrize("spec", ["pwa", "sam", *(pytest.param(s, marks=SLOW) for s in (
-    sam_clipped, "sgdm", "gadamx", "gadam-auto:patience=1", "tso-alra", "sam-avg"))])
+    sam_clipped, "sgdm", "gadamx", "gadam-auto:patience=1", "tso-alra", "sam-avg",
+    "schedule-free-adamw", "sgd+ema"))])
 def test_recipes_match_own_loop(tmp_path, spec):
     got, want, method, ref = train_and_replay(tmp_path, spec)
     assert_states_close(got, want)

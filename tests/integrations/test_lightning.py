@@ -81,7 +81,8 @@ def test_pwa_matches_own_loop():
 
 
 @pytest.mark.parametrize("spec", [sam_clipped, "sgdm", "gadamx", "gadam-auto:patience=1",
-                                  "tso-alra", "sam", "sam-avg"])
+                                  "tso-alra", "sam", "sam-avg", "schedule-free-adamw",
+                                  "sgd+ema"])
 def test_recipes_match_own_loop(spec):
     got, want, method, ref = fit(spec)
     assert_states_close(got, want)
