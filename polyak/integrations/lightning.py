@@ -111,6 +111,7 @@ class PolyakCallback(L.Callback):
         self.swap_for_eval, self.write_at_end = swap_for_eval, write_at_end
         self._swapped = contextlib.ExitStack()
         self._written = False
+        self._fit_loader: Iterable[Any] | None = None
 
     @property
     def optimizer(self) -> MethodOptimizer:
@@ -165,6 +166,7 @@ class PolyakCallback(L.Callback):
         self._written = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_loader = trainer.train_dataloader
         method = self.method
         if method.per_step and not math.isinf(trainer.num_training_batches):
             steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
@@ -177,10 +179,11 @@ class PolyakCallback(L.Callback):
     def _bn_loader(self, trainer: L.Trainer) -> Iterable[Any] | None:
         if self.bn_loader != "train":
             return self.bn_loader
-        if trainer.train_dataloader is None:
+        loader = trainer.train_dataloader or self._fit_loader   # test/validate after a fit
+        if loader is None:
             _fail("no training dataloader to recalibrate BatchNorm on outside fit: pass "
                   "bn_loader= to PolyakCallback (or None to skip recalibration)")
-        return trainer.train_dataloader
+        return loader
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float | None]:
         out: dict[str, float | None] = {}

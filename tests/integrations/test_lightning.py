@@ -198,3 +198,23 @@ def test_method_accumulation_is_refused_in_favour_of_the_trainers():
     method = polyak.Method(module, torch.optim.SGD(module.parameters(), lr=0.1), accumulate=2)
     with pytest.raises(ValueError, match=re.escape("Method(accumulate=2) is not supported here")):
         trainer(PolyakCallback(method)).fit(module, train, val)
+
+
+def test_write_at_end_false_keeps_live_weights_and_validate_sees_reported():
+    train, val, (x, y, xv, yv) = loaders()
+    module = Module()
+    method = polyak.recipe("gadamx", module, EPOCHS, len(train))
+    fitted = trainer(PolyakCallback(method, write_at_end=False))
+    fitted.fit(module, train, val)
+    reported, ref = own_loop(net(), "gadamx", EPOCHS, batches(x, y), (xv, yv))
+    assert_states_close(module.net.state_dict(), ref.model.state_dict())    # live weights
+    live = {k: v.clone() for k, v in module.state_dict().items()}
+    result = fitted.validate(module, val, verbose=False)[0]
+    model = net()
+    model.load_state_dict(reported)
+    loss, acc = evaluate(model, xv, yv)
+    assert result["val_loss"] == pytest.approx(loss, abs=1e-6)
+    assert result["val_acc"] == pytest.approx(acc)
+    for key, value in module.state_dict().items():       # the live weights are back
+        assert torch.equal(value, live[key]), key
+    assert abs(evaluate(module, xv, yv)[0] - loss) > 1e-4  # and they differ from the average
