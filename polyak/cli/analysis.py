@@ -83,7 +83,10 @@ def nqm_command(
     for name, losses in sorted(results.items(), key=lambda item: item[1][-1]):
         table.add_row(name, f"{losses[-1]:.5g}")
     Console(width=100).print(table)
-    typer.echo(f"wrote {plot_nqm(results, out, steps_per_epoch=steps_per_epoch)}")
+    settings = (f"d={dim}, h_i = i^-{exponent:g}, {noise} noise c={c:g}, batch {batch_size}, "
+                f"lr {lr:g}, {epochs} epochs of {steps_per_epoch} steps, x0 = 1")
+    figure = plot_nqm(results, out, steps_per_epoch=steps_per_epoch, subtitle=settings)
+    typer.echo(f"wrote {figure}")
 
 
 def _load_checkpoint(model, path: Path) -> float | None:
@@ -205,9 +208,11 @@ def probe_command(
     """Loss surface along a run: the segment from its first to its last checkpoint, two-point
     averages of the last with each earlier one (PWA Figs. 2-3), and iterate diversity (Gadam
     Fig. 4). BatchNorm is recalibrated at every probed point."""
+    import numpy as np
     import torch.nn.functional as F
 
     from polyak.analysis import diversity, plot_probe, segment_losses, two_point_average_losses
+    from polyak.analysis.probes import Probe
     from polyak.bench.checkpoints import list_checkpoints, load_checkpoint
 
     for name, value in (("points", points), ("examples", examples), ("batch-size", batch_size)):
@@ -247,4 +252,19 @@ def probe_command(
     Console(width=100).print(pairs)
     typer.echo(f"diversity of the {len(iterates)} iterates on test: symmetric KL "
                f"{div.symmetric_kl:.4g}, total variation {div.total_variation:.4g}")
-    typer.echo(f"wrote {plot_probe(seg, out)}")
+    ends = f"theta_first = {files[0].stem}, theta_last = {files[-1].stem}"
+    epochs = [_epoch_of(f) for f in files]
+    pairs = Probe(np.array([epochs[-1 - k] for k in ks], dtype=float), two.loss, two.accuracy)
+    figure = plot_probe(
+        seg, out, xlabel="alpha",
+        title=f"{task}: probes of the run in {checkpoints}\nalpha: the point "
+              f"(1 - alpha) theta_first + alpha theta_last of the segment ({ends})", pairs=pairs,
+        pairs_label="epoch of theta_k (0-based)",
+        diversity=f"diversity of the {len(iterates)} iterates on test: symmetric KL "
+                  f"{div.symmetric_kl:.4g}, total variation {div.total_variation:.4g}")
+    typer.echo(f"wrote {figure}")
+
+
+def _epoch_of(path: Path) -> int:
+    """``epoch<e>.pt`` -> e."""
+    return int("".join(ch for ch in path.stem if ch.isdigit()))
