@@ -367,3 +367,27 @@ def test_a_torch_scheduler_fighting_the_schedule_is_refused_and_can_take_over():
         theirs.step()
         method.end_epoch(epoch)
     assert method.lr == pytest.approx(0.1 * 0.1 ** 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_autocast_with_grad_scaler_on_cuda_equals_the_torch_amp_recipe():
+    data = [(x.cuda(), y.cuda()) for x, y in batches(6)]
+    model, ref = tiny_model().cuda(), tiny_model().cuda()
+    method = Method(model, sgd(model), scaler=torch.amp.GradScaler("cuda", init_scale=2.0 ** 16),
+                    clip=ClipGradNorm(1.0))
+    opt, scaler = sgd(ref), torch.amp.GradScaler("cuda", init_scale=2.0 ** 16)
+
+    def half_loss(m, b):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return loss_of(m, b)
+
+    for b in data:
+        method.step(lambda b=b: half_loss(model, b))
+        opt.zero_grad()
+        scaler.scale(half_loss(ref, b)).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(list(ref.parameters()), 1.0)
+        scaler.step(opt)
+        scaler.update()
+    assert_same(model, ref)
+    assert method.scaler.get_scale() == scaler.get_scale()
