@@ -9,6 +9,9 @@ own model and average: polyak's Uniform (``end_epoch``) and EMA (``step``), torc
 Repeats are interleaved round-robin so machine noise hits all candidates alike; the table shows
 median ms per collection and ratios to AveragedModel's default and to the bare lerp, timed in the
 same run. Memory: the bytes an average holds (its tensors' storages) over the parameters' bytes.
+Averaging folded into the step: GadamX's optimizer (Padam(1/8, amsgrad, fused=True), compiled;
+its first call compiles, in the warm-up) alone, followed by ``EMA.step()``, and carrying the EMA
+(``opt.carry_average(ema)``: the lerp inside the step's kernel), with ratios to the step alone.
 
     python benchmarks/averaging.py [--repeats 30] [--warmup 3] [--threads 1]
 """
@@ -25,9 +28,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from polyak.averaging import EMA, PhaseWise, Uniform
+from polyak.optim import Padam
 
 AVG_MODEL = "AveragedModel default (SWA)"
 BARE = "bare _foreach_lerp_"
+STEP = "fused Padam step"
+STEP_SEPARATE = "fused Padam step + EMA.step()"
+STEP_CARRIED = "fused Padam step carrying EMA"
 
 
 def resnet18_shapes(num_classes: int = 10) -> list[tuple[int, ...]]:
@@ -61,6 +68,29 @@ def _bare_lerp(avg: Uniform) -> Callable[[int], None]:
     return lambda i: torch._foreach_lerp_(avg.average, params, 1.0 / (i + 2))
 
 
+def _fused_step(carry: bool | None) -> Callable[[int], None]:
+    """GadamX's optimizer, Padam(1/8, amsgrad, fused=True: one compiled kernel per tensor) on its
+    own model with fixed gradients; ``carry``: None no EMA, False ``EMA.step()`` after the step
+    (a second pass over the parameters), True the EMA carried by the step (its lerp in the
+    step's kernel)."""
+    model = ParamBag()
+    gen = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+    opt = Padam(model.parameters(), lr=0.1, weight_decay=1e-2, partial=1 / 8, amsgrad=True,
+                fused=True)
+    if carry is None:
+        return lambda i: opt.step()
+    ema = EMA(model, decay=0.999)
+    if carry:
+        opt.carry_average(ema)
+
+    def step(i: int) -> None:
+        opt.step()
+        ema.step()
+    return step
+
+
 def candidates() -> dict[str, Callable[[int], None]]:
     """name -> collect(i) for the i-th collection (each with its own model and average)."""
     uniform = Uniform(ParamBag())
@@ -76,6 +106,9 @@ def candidates() -> dict[str, Callable[[int], None]]:
         "polyak Uniform": uniform.end_epoch,
         "polyak Uniform foreach=False": uniform_loop.end_epoch,
         "polyak EMA": lambda i: ema.step(),
+        STEP: _fused_step(None),
+        STEP_SEPARATE: _fused_step(False),
+        STEP_CARRIED: _fused_step(True),
     }
 
 
@@ -117,9 +150,10 @@ def main() -> int:
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU, {len(resnet18_shapes())} "
           f"tensors, {n:,} parameters, median of {args.repeats} collections (round-robin)")
     ms = run(args.repeats, args.warmup)
-    print(f"{'candidate':32s} {'ms':>8s} {'/AvgModel':>10s} {'/bare lerp':>11s}")
+    print(f"{'candidate':32s} {'ms':>8s} {'/AvgModel':>10s} {'/bare lerp':>11s} {'/step':>7s}")
     for name, t in ms.items():
-        print(f"{name:32s} {t:8.2f} {t / ms[AVG_MODEL]:10.2f} {t / ms[BARE]:11.2f}")
+        print(f"{name:32s} {t:8.2f} {t / ms[AVG_MODEL]:10.2f} {t / ms[BARE]:11.2f} "
+              f"{t / ms[STEP]:7.2f}")
     mem = memory_ratios()
     for name, ratio in mem.items():
         print(f"memory {name:25s} {ratio:.3f}x the parameters' bytes")
@@ -130,6 +164,7 @@ def main() -> int:
         ("Uniform memory <= 1.05x parameters", mem["Uniform"], 1.05, "<="),
         ("EMA memory <= 1.05x parameters", mem["EMA"], 1.05, "<="),
         ("PhaseWise memory <= 1.05x parameters", mem["PhaseWise"], 1.05, "<="),
+        (f"{STEP_CARRIED} <= 1.1x {STEP}", ms[STEP_CARRIED] / ms[STEP], 1.1, "<="),
     ]
     failed = 0
     for label, value, limit, op in checks:

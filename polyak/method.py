@@ -179,6 +179,7 @@ class Method(Stepping):
         if self._is_schedule_free():
             optimizer.train()
         self._apply_lr()
+        self._carry_average()
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -235,6 +236,13 @@ class Method(Stepping):
             group["lr"] = base * factor   # a tensor lr stays a tensor (a new one: base is kept)
         self._applied_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
 
+    def _carry_average(self) -> None:
+        """Let an optimizer that can (Padam/AdaBound, fused) make the average's per-step
+        collections inside its step: the same average, no second pass (polyak.optim._carry)."""
+        carry = getattr(self.optimizer, "carry_average", None)
+        if callable(carry) and self.averaging is not None and self.averaging_started:
+            carry(self.averaging)
+
     @property
     def lr(self) -> float:
         """The current learning rate of the first parameter group."""
@@ -260,6 +268,7 @@ class Method(Stepping):
         for switch in self.switches:
             if switch.due(epoch, val_loss, val_acc):
                 self.optimizer, switch.done_epoch = switch.to(self.optimizer), epoch
+                self._carry_average()
         if self.stop_trigger is not None and not self.should_stop:
             metric = _metric_for(self.stop_trigger, val_loss, val_acc, "stop_trigger")
             self.should_stop = bool(self.stop_trigger.update(metric, epoch))
@@ -304,6 +313,7 @@ class Method(Stepping):
                 trigger.load_state_dict(saved)
                 self.averaging_started = False
             raise
+        self._carry_average()
 
     @contextlib.contextmanager
     def eval_weights(
@@ -373,6 +383,7 @@ class Method(Stepping):
         self._accumulation.reset()
         self._closures, self._cycle_loss = [], None
         self._applied_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._carry_average()
 
     def __repr__(self) -> str:
         parts = [type(self.optimizer).__name__]

@@ -94,6 +94,7 @@ class WeightAverage:
         self.collected = 0
         self.steps = 0
         self.epoch = 0
+        self._carried = False  # the optimizer's step made the next step()'s collection
 
     # ------------------------------------------------------------------ tensor operations
     def _copy_(self, dst: list[Tensor], src: list[Tensor]) -> None:
@@ -158,6 +159,11 @@ class WeightAverage:
     def _update(self, src: list[Tensor]) -> None:
         raise NotImplementedError
 
+    def _lerp_weight(self) -> float | None:
+        """``w`` when the next ``_update`` is ``average <- lerp(average, src, w)`` (a first copy
+        is ``w = 1``: lerp's ``end - (end - start) * 0``), None when it is anything else."""
+        return None
+
     def _write_into(self, params: list[Tensor], divisor: float) -> None:
         """``params <- average / divisor`` for the trainable parameters; a parameter with
         ``requires_grad=False`` is left exactly as it is (its average is itself, up to rounding)."""
@@ -205,7 +211,12 @@ class WeightAverage:
         """
         every, steps = self.every, self.steps + 1
         if every != "epoch" and steps % every == 0 and self.epoch >= self.start_epoch:
-            self._collect()
+            if self._carried:  # the optimizer's kernel already moved the average
+                self._carried = False
+                self.n_averaged += 1
+                self.collected += 1
+            else:
+                self._collect()
         self.steps = steps
 
     def _check_next(self, epoch: int) -> int:
@@ -229,6 +240,26 @@ class WeightAverage:
                              "epochs have already ended)")
         self._params()
         self.epoch = epoch
+
+    # ------------------------------------------------------------------ carried by an optimizer
+    def next_step_weight(self) -> float | None:
+        """The lerp weight of the collection the next :meth:`step` makes, for an optimizer that
+        carries this average (``Padam.carry_average``); None when it makes none, its update is
+        no lerp, or it is carried already. See :mod:`polyak.optim._carry`."""
+        every = self.every
+        if self._carried or every == "epoch" or (self.steps + 1) % every \
+                or self.epoch < self.start_epoch:
+            return None
+        return self._lerp_weight()
+
+    def tracked_params(self) -> list[Tensor]:
+        """The tracked model's parameters, in the order of :attr:`average`."""
+        return self._params()
+
+    def mark_carried(self) -> None:
+        """The optimizer's step made the next :meth:`step`'s collection (the lerp of
+        :meth:`next_step_weight`); that ``step()`` only counts it."""
+        self._carried = True
 
     def end_epoch(
         self, epoch: int, bn_loader: Iterable[Any] | None = None, forward: Forward | None = None,

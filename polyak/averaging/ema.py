@@ -83,6 +83,10 @@ class EMA(WeightAverage):
         else:
             self._lerp_(self.average, src, 1.0 - self.current_decay)
 
+    def _lerp_weight(self) -> float | None:
+        return 1.0 if self.n_averaged == 0 and not self.bias_correction \
+            else 1.0 - self.current_decay
+
     def _divisor(self) -> float:
         if not self.bias_correction or self.warmup:
             return 1.0

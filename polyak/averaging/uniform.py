@@ -52,3 +52,6 @@ class Uniform(WeightAverage):
             self._copy_(self.average, src)
         else:
             self._lerp_(self.average, src, 1.0 / (self.n_averaged + 1))
+
+    def _lerp_weight(self) -> float | None:
+        return 1.0 / (self.n_averaged + 1)

@@ -24,8 +24,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from polyak.optim import _compiled
+from polyak.optim._carry import Carried, CarriesAverage
 from polyak.optim._functional import (
     by_device_and_dtype,
+    check,
     check_betas,
     check_foreach,
     check_nonneg,
@@ -47,13 +50,30 @@ def _validate(group: dict[str, Any]) -> None:
     check_nonneg("eps", group["eps"])
     check_nonneg("weight_decay", group["weight_decay"])
     check_foreach(group["foreach"])
+    fused = group["fused"]
+    check("fused", fused, fused is None or isinstance(fused, bool), "None, True, False")
+    check("fused", fused, not (fused and group["foreach"]), "fused=True with foreach=None or False")
 
 
-class AdaBound(Optimizer):
+def _check_fused(p: Tensor) -> None:
+    if p.device.type not in ("cpu", "cuda") or not p.is_floating_point():
+        raise ValueError(f"AdaBound(fused=True) needs floating-point parameters on cpu or cuda; "
+                         f"got {p.dtype} on {p.device}")
+
+
+class AdaBound(CarriesAverage, Optimizer):
     """AdaBound (``amsbound=False``) or AMSBound (``amsbound=True``); see the module docstring.
 
     State per parameter: ``step`` (float tensor), ``exp_avg``, ``exp_avg_sq`` and, with
     ``amsbound``, ``max_exp_avg_sq``. A parameter whose ``.grad`` is None is skipped.
+
+    Kernels: ``foreach=None`` (default) multi-tensor ``torch._foreach_*`` where possible, else
+    single-tensor (identical bits); ``fused=True`` (opt-in) one ``torch.compile``d kernel per
+    tensor (:mod:`polyak.optim._compiled`; compiled once per configuration and process, a
+    one-time warning and the foreach path where no compiler works), equal up to rounding, same
+    state, so checkpoints move between the paths (``load_state_dict`` keeps this instance's
+    ``foreach``/``fused``). ``carry_average(avg)`` folds an EMA into the fused step
+    (:mod:`polyak.optim._carry`).
     """
 
     def __init__(
@@ -67,9 +87,11 @@ class AdaBound(Optimizer):
         weight_decay: float = 0.0,
         amsbound: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, final_lr=final_lr, gamma=gamma, eps=eps,
-                        weight_decay=weight_decay, amsbound=bool(amsbound), foreach=foreach)
+                        weight_decay=weight_decay, amsbound=bool(amsbound), foreach=foreach,
+                        fused=fused)
         _validate(defaults)
         super().__init__(params, defaults)
 
@@ -79,6 +101,21 @@ class AdaBound(Optimizer):
         group = self.param_groups[-1]
         group.setdefault("base_lr", group["lr"])
         check_params(group["params"], "AdaBound")
+        if group["fused"]:
+            for p in group["params"]:
+                _check_fused(p)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore state and hyper-parameters; ``foreach`` and ``fused`` stay this instance's."""
+        modes = [(group["foreach"], group["fused"]) for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (foreach, fused) in zip(self.param_groups, modes):
+            group["foreach"], group["fused"] = foreach, fused
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)  # checkpoints and pickles from before fused
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         return gather_adam_state(self, group, "AdaBound", "amsbound")
@@ -90,16 +127,22 @@ class AdaBound(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            tensors = self._init_group(group)
+        groups = [(group, self._init_group(group)) for group in self.param_groups]
+        carried = self._carry(groups)
+        for group, tensors in groups:
             if not tensors[0]:
                 continue
             beta1, beta2 = group["betas"]
+            kwargs = dict(lr=group["lr"], final=_final(group), beta1=beta1, beta2=beta2,
+                          gamma=group["gamma"], eps=group["eps"],
+                          weight_decay=group["weight_decay"], amsbound=group["amsbound"])
+            if group["fused"] and _compiled_adabound(*tensors, carried, **kwargs):
+                continue
             fn = _multi_tensor_adabound if use_foreach(group["foreach"], tensors[0]) \
                 else _single_tensor_adabound
-            fn(*tensors, lr=group["lr"], final=_final(group), beta1=beta1, beta2=beta2,
-               gamma=group["gamma"], eps=group["eps"], weight_decay=group["weight_decay"],
-               amsbound=group["amsbound"])
+            fn(*tensors, **kwargs)
+        if carried is not None:
+            carried.done()
         return loss
 
 
@@ -169,3 +212,33 @@ def _multi_tensor_adabound(
         torch._foreach_clamp_min_(rate, lowers)
         torch._foreach_clamp_max_(rate, uppers)
         torch._foreach_addcmul_(p_, rate, m_, -1.0)
+
+
+def _compiled_adabound(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor], steps: list[Tensor], carried: Carried | None, *, lr: float,
+    final: float, beta1: float, beta2: float, gamma: float, eps: float, weight_decay: float,
+    amsbound: bool,
+) -> bool:
+    """One compiled kernel per tensor (:mod:`polyak.optim._compiled`), the carried average's
+    lerp included; False (nothing changed) when no compiler works."""
+    if not _compiled.available():
+        return False
+    hyper = (beta1, beta2, eps, weight_decay, amsbound)
+    avgs = carried.tensors(params) if carried is not None else []
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, avgs, steps]
+    for p_, g_, m_, v_, vmax_, a_, steps_ in by_device_and_dtype(lists):
+        increment_steps(steps_)
+        device = p_[0].device
+        columns = zip(*(_scalars(lr, final, beta1, beta2, gamma, s.item()) for s in steps_))
+        scalars = [_compiled.scalar_tensor(list(c), device) for c in columns]
+        weight = None if carried is None else \
+            _compiled.scalar_tensor(carried.weight, device, p_[0].dtype)
+        if not _compiled.run("adabound", hyper, [p_, g_, m_, v_, vmax_, a_], scalars, weight):
+            torch._foreach_sub_(steps_, 1.0)  # no compiler: the foreach path, which counts it
+            _multi_tensor_adabound(p_, g_, m_, v_, vmax_, steps_, lr=lr, final=final,
+                                   beta1=beta1, beta2=beta2, gamma=gamma, eps=eps,
+                                   weight_decay=weight_decay, amsbound=amsbound)
+            if carried is not None:
+                carried.lerp_(p_)
+    return True

@@ -26,6 +26,10 @@ and raw-v AMSGrad maximum as above. Passing ``eps_k = eps/sqrt(bc2)`` gives Pada
 ``eps_k`` depends on the step ``t``, so the kernel runs once per (device, dtype, step) group
 (normally one per device and dtype). Same values as the other paths up to rounding (the kernel
 orders the arithmetic differently); the same state, so checkpoints move between the paths.
+
+``fused=True`` with any other ``partial`` (or with a carried average) runs the rule above as one
+``torch.compile``d kernel per tensor (:mod:`polyak.optim._compiled`), the power written as square
+roots for ``2*partial`` in {1/2, 1/4, 1/8}; same state, same values up to rounding.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from polyak.optim import _compiled
+from polyak.optim._carry import Carried, CarriesAverage
 from polyak.optim._functional import (
     by_device_and_dtype,
     check,
@@ -67,8 +73,6 @@ def _validate(group: dict[str, Any]) -> None:
     fused = group["fused"]
     check("fused", fused, fused is None or isinstance(fused, bool), "None, True, False")
     if fused:
-        check("partial", partial, partial == 0.5,
-              "0.5 with fused=True: torch's fused Adam kernels have no power 2*partial")
         check("fused", fused, not group["foreach"], "fused=True with foreach=None or False")
 
 
@@ -109,17 +113,25 @@ def _check_fused(p: Tensor) -> None:
                          f"view); got shape {tuple(p.shape)}, strides {p.stride()}")
 
 
-class Padam(Optimizer):
+class Padam(CarriesAverage, Optimizer):
     """Partially adaptive Adam: ``partial=0.5`` is AdamW (Adam with
     ``decoupled_weight_decay=False``), ``partial=1/8, amsgrad=True`` is GadamX's base optimizer.
     See the module docstring for the rule.
 
     Kernels: ``foreach=None`` (default) picks the multi-tensor ``torch._foreach_*`` path where
     every tensor allows it, else the single-tensor one (both give identical bits).
-    ``fused=True`` (opt-in, ``partial=0.5`` only, not with ``foreach=True``) runs torch's fused
-    Adam(W) kernel - on CPU about 5x faster than foreach - with floating-point parameters, dense in
-    memory, on a device torch has fused kernels for; equal to the other paths up to rounding.
-    ``fused=None`` is not fused (as in torch.optim).
+    ``fused=True`` (opt-in, not with ``foreach=True``; floating-point parameters, dense in
+    memory, on a device torch has fused kernels for): ``partial=0.5`` runs torch's fused Adam(W)
+    kernel (on CPU about 5x faster than foreach); any other ``partial`` one ``torch.compile``d
+    kernel per tensor (:mod:`polyak.optim._compiled`: compiled once per configuration and
+    process, seconds to a minute; a one-time warning and the foreach path where no compiler
+    works). Both equal the other paths up to rounding. ``fused=None`` (default) is not fused, as
+    in torch.optim: the compile time outweighs the gain in short runs of small models (the
+    default benchmark's), see ``benchmarks/optim_step.py`` for large ones.
+
+    ``carry_average(avg)`` folds an EMA (or a Uniform collecting every n steps) into the fused
+    step: the kernel moves the average toward the new weights while they are in registers
+    (:mod:`polyak.optim._carry`); the average is the one ``avg.step()`` would compute.
 
     State per parameter: ``step`` (CPU float32 tensor, as torch.optim's non-fused paths),
     ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``; the same for every
@@ -188,21 +200,26 @@ class Padam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            tensors = self._init_group(group)
+        groups = [(group, self._init_group(group)) for group in self.param_groups]
+        carried = self._carry(groups)
+        for group, tensors in groups:
             if not tensors[0]:
                 continue
             beta1, beta2 = group["betas"]
             kwargs = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                           weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
                           decoupled=group["decoupled_weight_decay"])
-            if group["fused"]:
-                check("partial", group["partial"], group["partial"] == 0.5, "0.5 with fused=True")
+            if group["fused"] and group["partial"] == 0.5 and carried is None:
                 _fused_padam(*tensors, **kwargs)
+                continue
+            if group["fused"] and _compiled_padam(*tensors, carried, partial=group["partial"],
+                                                  **kwargs):
                 continue
             fn = _multi_tensor_padam if use_foreach(group["foreach"], tensors[0]) \
                 else _single_tensor_padam
             fn(*tensors, partial=group["partial"], **kwargs)
+        if carried is not None:
+            carried.done()
         return loss
 
 
@@ -308,3 +325,34 @@ def _fused_padam(
             kernel(p_, _grads_like_params(p_, g_), m_, v_, vmax_, steps_, lr=lr, beta1=beta1,
                    beta2=beta2, weight_decay=weight_decay, eps=eps / math.sqrt(1.0 - beta2**t),
                    amsgrad=amsgrad, maximize=False)
+
+
+def _compiled_padam(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor], steps: list[Tensor], carried: Carried | None, *, lr: float,
+    beta1: float, beta2: float, eps: float, weight_decay: float, partial: float, amsgrad: bool,
+    decoupled: bool,
+) -> bool:
+    """Any ``partial`` with one compiled kernel per tensor (:mod:`polyak.optim._compiled`), the
+    carried average's lerp included; False (nothing changed) when no compiler works."""
+    if not _compiled.available():
+        return False
+    hyper = (beta1, beta2, eps, weight_decay, 2 * partial, amsgrad, decoupled)
+    avgs = carried.tensors(params) if carried is not None else []
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, avgs, steps]
+    for p_, g_, m_, v_, vmax_, a_, steps_ in by_device_and_dtype(lists):
+        increment_steps(steps_)
+        device = p_[0].device
+        scalars = [_compiled.scalar_tensor(1 - lr * weight_decay, device),
+                   _compiled.scalar_tensor(
+                       [-_step_size(lr, beta1, beta2, s.item()) for s in steps_], device)]
+        weight = None if carried is None else \
+            _compiled.scalar_tensor(carried.weight, device, p_[0].dtype)
+        if not _compiled.run("padam", hyper, [p_, g_, m_, v_, vmax_, a_], scalars, weight):
+            torch._foreach_sub_(steps_, 1.0)  # no compiler: the foreach path, which counts it
+            _multi_tensor_padam(p_, g_, m_, v_, vmax_, steps_, lr=lr, beta1=beta1, beta2=beta2,
+                                eps=eps, weight_decay=weight_decay, partial=partial,
+                                amsgrad=amsgrad, decoupled=decoupled)
+            if carried is not None:
+                carried.lerp_(p_)
+    return True
