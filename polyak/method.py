@@ -315,6 +315,24 @@ class Method(Stepping):
             raise
         self._carry_average()
 
+    @property
+    def reads_val_metrics(self) -> bool:
+        """Whether the next :meth:`end_epoch` reads ``val_loss``/``val_acc`` (a trigger that
+        is still active watches one); a loop may skip evaluating them when it does not."""
+        try:
+            self._check_metrics(None, None)
+        except ValueError:
+            return True
+        return False
+
+    @property
+    def reports_live_weights(self) -> bool:
+        """Whether :meth:`eval_weights` would yield the live weights and BatchNorm buffers
+        unchanged (no average in effect, not schedule-free)."""
+        avg = self.averaging
+        averaged = avg is not None and getattr(avg, "reports_average", True) and avg.has_average
+        return not averaged and not self._is_schedule_free()
+
     @contextlib.contextmanager
     def eval_weights(
         self, bn_loader: Iterable[Any] | None = None,

@@ -18,7 +18,8 @@ __all__ = ["ONE_PANEL", "PANELS", "error_curves", "log_ticks", "panels", "plot_t
 def error_curves(runs: Sequence[Sequence[Mapping[str, float]]]
                  ) -> tuple[list[int], list[float], list[float], list[float]]:
     """Epochs (0-based, as ``Method.end_epoch`` numbers them) and the mean, min and max over runs
-    of the test error in %, over the epochs every run reached."""
+    of the test error in %, over the epochs every run reached and some run evaluated (the
+    benchmark evaluates 10 of them)."""
     length = min(len(curve) for curve in runs)
     epochs: list[int] = []
     means: list[float] = []
@@ -28,7 +29,7 @@ def error_curves(runs: Sequence[Sequence[Mapping[str, float]]]
         values = [100.0 * (1.0 - curve[i]["test_acc"]) for curve in runs
                   if curve[i]["test_acc"] is not None]
         if not values:
-            break
+            continue
         epochs.append(i)
         means.append(sum(values) / len(values))
         lows.append(min(values))

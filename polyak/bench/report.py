@@ -197,7 +197,10 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
                       "or compare with a method that was run: `polyak report --baseline NAME`.",
                       ""]
         if rep.figure is not None:
-            lines += [f"![test error of {rep.task}]({rep.figure.name})", ""]
+            lines += [f"![test error of {rep.task}]({rep.figure.name})", "",
+                      "The curves show the epochs at which the runs evaluated the reported "
+                      "weights (full test set, BatchNorm recalibrated): 10 evenly spaced epochs "
+                      "of the budget, the last one included.", ""]
         lines += ["### Paper claims", ""] + _claims_markdown(rep) + [""]
         failures = [f"- {m}: {n} failed run(s)" for m, n in
                     ((r.method, r.failed) for r in rep.rows) if n]

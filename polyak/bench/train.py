@@ -5,11 +5,16 @@ Each epoch:
    batch once (the last one may be smaller), calling ``method.step(closure)``; train loss and
    accuracy are the means over the epoch's clean forward passes (the first call of the closure
    in each step, so SAM's perturbed pass is not counted);
-2. evaluate the live weights on the validation set (the feedback recipes such as gadam-auto or a
-   TSO-ALRA plateau switch read) and call ``method.end_epoch(epoch, val_loss, val_acc, bn_loader)``;
-3. evaluate validation and test loss (NLL) and accuracy of the weights the method reports, under
+2. evaluate the live weights on the validation set when the method reads it (the feedback of
+   recipes such as gadam-auto or a TSO-ALRA plateau switch: ``method.reads_val_metrics``) and
+   call ``method.end_epoch(epoch, val_loss, val_acc, bn_loader)``;
+3. at 10 evenly spaced epochs (:func:`curve_epochs`: 10 %, 20 %, ..., 100 % of the budget, the
+   points the report's claims read), the last one and an early stop: evaluate validation and
+   test loss (NLL) and accuracy of the weights the method reports, under
    ``method.eval_weights(bn_loader=...)`` (BatchNorm recalibrated on the whole training set);
-4. record train/val/test metrics, the epoch's learning rate and the cumulative wall time.
+   when those are the live weights, unchanged since step 2, step 2's validation score is reused;
+4. record train/val/test metrics (val/test ``None`` in the epochs between the curve points),
+   the epoch's learning rate and the cumulative wall time.
 
 A non-finite loss ends the run as "diverged" with the epochs recorded so far. The seed sets
 torch's, numpy's and Python's global RNGs (the model's initial weights come from it) and the
@@ -65,6 +70,7 @@ __all__ = ["Batches", "RunResult", "train_run", "build_method", "resolve_overrid
            "evaluate", "make_model", "steps_per_epoch", "task_splits", "transforms",
            "train_epoch", "run_config", "run_identity", "machine"]
 
+CURVE_POINTS = 10  # epochs of a run at which the reported weights are evaluated (curve_epochs)
 _LR_IN_SPEC = re.compile(r"(?:^|[:,])\s*lr\s*=")
 _AUGMENT_SEED = 0x5EED  # the augmentation generator is seeded with seed + this
 _DEVICE_CACHE: dict[tuple[int, str], tuple[Splits, torch.Tensor, torch.Tensor]] = {}
@@ -304,14 +310,44 @@ def _state(model: nn.Module, method: Any, generators: dict[str, torch.Generator]
             "resumed_from": result.resumed_from, "machines": result.machines}
 
 
+def curve_epochs(epochs: int, points: int | None = CURVE_POINTS) -> set[int]:
+    """The 0-based epochs whose reported weights are evaluated: epoch ``round(k * epochs /
+    points)`` (1-based) for k = 1..points - the epochs the report's claims read at 10 %, 20 %,
+    ... of the budget, the last included -; every epoch when ``points`` is None."""
+    if points is None or points >= epochs:
+        return set(range(epochs))
+    return {max(1, round(k * epochs / points)) - 1 for k in range(1, points + 1)}
+
+
+def _versions(model: nn.Module) -> list[int]:
+    """The version counters of the parameters and buffers: they change with every in-place
+    write, so equal lists mean the weights and BatchNorm statistics did not change."""
+    return [t._version for t in (*model.parameters(), *model.buffers())]
+
+
+def _score_reported(method: Any, score: Callable[..., tuple[float, float]], splits: Splits,
+                    bn_loader: Any, live_val: tuple[float, float] | None
+                    ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(val, test) scores of the weights ``method`` reports; ``live_val`` (the live weights'
+    score, when they are the reported ones, unchanged) is used instead of scoring them twice."""
+    with method.eval_weights(bn_loader=bn_loader):
+        val = live_val if live_val is not None else score(splits.x_val, splits.y_val)
+        test = score(splits.x_test, splits.y_test)
+    return val, test
+
+
 def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
               on_epoch: Callable[[dict[str, float]], None] | None = None,
               checkpoints: CheckpointPolicy | None = None, sync_bn: bool = False,
-              resume: RunCheckpoint | None = None) -> RunResult:
+              resume: RunCheckpoint | None = None,
+              curve_points: int | None = CURVE_POINTS) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget);
     ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``);
     ``resume`` continues from its checkpoint when there is one and saves the run's full state
     there at the epochs it says (:mod:`polyak.bench.resume`; by rank 0 under torchrun).
+    The reported weights are evaluated (val and full test, BatchNorm recalibrated) at the
+    epochs of :func:`curve_epochs` (``curve_points=None``: every epoch), the last one and an
+    early stop; the other epochs' records have ``None`` for val and test.
 
     Under ``torch.distributed`` (``torchrun ... polyak train``) the same run trains
     data-parallel (:mod:`polyak.bench.ddp`); ``sync_bn`` converts BatchNorm to
@@ -325,6 +361,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
     model = prepare_model(model, task.device, autocast=task.autocast)
     method = build_method(task, spec, model, epochs, steps_per_epoch(task, splits))
     fit, score, bn_loader, generators = _loop(task, splits, model, method, seed, mean, std)
+    curve = curve_epochs(epochs, curve_points)
     result = RunResult(status="complete", machines=[_machine_label()])
     saved = resume.load() if resume is not None else None
     first = 0 if saved is None else _restore(saved, model, method, generators, result)
@@ -337,14 +374,18 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         except NonFiniteError as exc:   # Method(nonfinite="raise") stopped at the step
             result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
             break
-        live_val = score(splits.x_val, splits.y_val)
-        if not all(math.isfinite(v) for v in (train_loss, *live_val)):
+        live_val = score(splits.x_val, splits.y_val) if method.reads_val_metrics else None
+        if not all(math.isfinite(v) for v in (train_loss, *(live_val or ()))):
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"
             break
-        method.end_epoch(epoch, val_loss=live_val[0], val_acc=live_val[1], bn_loader=bn_loader)
-        with method.eval_weights(bn_loader=bn_loader):
-            val = score(splits.x_val, splits.y_val)
-            test = score(splits.x_test, splits.y_test)
+        versions = _versions(model)
+        method.end_epoch(epoch, val_loss=live_val and live_val[0],
+                         val_acc=live_val and live_val[1], bn_loader=bn_loader)
+        val = test = (None, None)
+        if epoch in curve or epoch == epochs - 1 or method.should_stop:
+            if versions != _versions(model) or not method.reports_live_weights:
+                live_val = None  # end_epoch moved the weights, or others are reported
+            val, test = _score_reported(method, score, splits, bn_loader, live_val)
         record = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val[0],
                       val_acc=val[1], test_loss=test[0], test_acc=test[1], lr=lr,
                       time=time.perf_counter() - start)
@@ -354,7 +395,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
                          epoch=epoch, epochs=epochs, lr=lr)
         if on_epoch is not None:
             on_epoch(record)
-        if not (math.isfinite(val[0]) and math.isfinite(test[0])):
+        if val[0] is not None and not (math.isfinite(val[0]) and math.isfinite(test[0])):
             result.status = "diverged"
             result.error = f"non-finite loss of the reported weights in epoch {epoch}"
             break

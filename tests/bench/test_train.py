@@ -97,3 +97,34 @@ def test_tuned_lr_is_applied_unless_the_spec_sets_lr(tiny_task, tmp_path):
 def test_divergence_is_reported_not_raised(tiny_mlp_task):
     result = train_run(tiny_mlp_task, "sgd:lr=1e30", seed=0)
     assert result.status == "diverged" and "non-finite" in result.error
+
+
+def test_curve_epochs_are_the_claims_points_and_the_last():
+    from polyak.bench.train import curve_epochs
+
+    assert curve_epochs(40) == {3, 7, 11, 15, 19, 23, 27, 31, 35, 39}  # 10 %, ..., 100 %
+    assert curve_epochs(15, 4) == {3, 7, 10, 14}  # round(3.75), round(7.5), round(11.25), 15
+    assert curve_epochs(5) == curve_epochs(40, None) - set(range(5, 40)) == set(range(5))
+
+
+def test_sparse_curves_equal_every_epoch_evaluation_at_their_points(tiny_task):
+    """Evaluating fewer epochs changes no number: same training, and at the curve points (the
+    last one included) the same val/test scores of the reported weights as evaluating every
+    epoch; for a live-weights method (sgdm), an averaging one with BatchNorm recalibration
+    (swa) and one whose trigger reads the live validation score (gadam-auto)."""
+    from polyak.bench.train import curve_epochs
+
+    for spec in ("sgdm", "swa", "gadam-auto"):
+        every = strip_time(train_run(tiny_task, spec, seed=2, epochs=9, curve_points=None).records)
+        sparse = strip_time(train_run(tiny_task, spec, seed=2, epochs=9, curve_points=3).records)
+        assert len(every) == len(sparse) == 9
+        points = curve_epochs(9, 3)
+        assert points == {2, 5, 8}
+        for epoch, (a, b) in enumerate(zip(every, sparse)):
+            if epoch in points:
+                assert a == b, (spec, epoch)
+            else:
+                assert {k: v for k, v in a.items() if not k.startswith(("val", "test"))} == \
+                    {k: v for k, v in b.items() if not k.startswith(("val", "test"))}
+                assert all(b[k] is None for k in ("val_loss", "val_acc", "test_loss",
+                                                  "test_acc")), (spec, epoch)
