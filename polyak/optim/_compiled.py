@@ -3,8 +3,8 @@ every input once and writes every output once, for Padam at any ``partial`` and 
 
 The rules are those of :mod:`polyak.optim.padam` and :mod:`polyak.optim.adabound`, written with
 the same operations as their foreach paths (so the values agree up to the rounding of a fused
-kernel); the power ``denom^(2*partial)`` is the chain of square roots of
-:func:`~polyak.optim._functional.power_` when ``2*partial`` is 1/2, 1/4 or 1/8. With a carried
+kernel); the power ``denom^(2*partial)`` is a chain of square roots when ``2*partial`` is 1/2,
+1/4 or 1/8 (:func:`_power`). With a carried
 weight average (:meth:`polyak.averaging.WeightAverage` through the optimizer's
 ``carry_average``) the kernel also moves the average toward the new parameter,
 ``avg <- lerp(avg, p, weight)``, while ``p`` is in registers: the average costs one more read and
@@ -36,8 +36,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polyak.optim._functional import _root_chain
-
 #: seconds the first (compiling) call of each configuration took, by configuration key
 COMPILE_SECONDS: dict[Hashable, float] = {}
 _CACHE: dict[Hashable, Callable[..., Any]] = {}
@@ -50,11 +48,13 @@ def available() -> bool:
 
 
 def _power(x: Tensor, exponent: float) -> Tensor:
-    chain = _root_chain(exponent)
-    if chain is None:
+    """``x ** exponent``: 1, 2 or 3 square roots for 1/2, 1/4, 1/8 (in a fused kernel a sqrt is
+    one instruction, while the foreach path's rsqrt is a sqrt and a division), else ``pow``."""
+    roots = {1.0: 0, 0.5: 1, 0.25: 2, 0.125: 3}.get(exponent)
+    if roots is None:
         return x.pow(exponent)
-    for op in chain:
-        x = getattr(torch, op)(x)
+    for _ in range(roots):
+        x = x.sqrt()
     return x
 
 
