@@ -12,7 +12,8 @@ identity, and the loop is the one-process loop.
   all-reduced (:func:`global_sums`): every rank has the same numbers, the ones the triggers read.
 - BatchNorm recalibration: rank ``r`` passes batches ``r, r + k, r + 2k, ...`` of the training set
   (:class:`RankBatches`) and :func:`polyak.averaging.recalibrate_bn` combines the sums.
-- Checkpoints: rank 0 writes after a barrier; every rank reads the same file.
+- Checkpoints: rank 0 writes after a barrier, when rank 0 decides (a time-based due is broadcast);
+  every rank reads the same file, so a resumed run continues as the one-process resume does.
 
 What is exact: the examples of every step, the gradients (up to the order of the all-reduce sum)
 and hence, without BatchNorm and dropout, the whole run (allclose to the one-process run).
@@ -33,6 +34,7 @@ from torch import nn
 from polyak.distributed import (
     all_reduce_sum_,
     barrier,
+    broadcast_value,
     is_distributed,
     rank,
     rank_slice,
@@ -40,7 +42,7 @@ from polyak.distributed import (
 )
 
 __all__ = ["init_from_env", "local_part", "global_sums", "RankBatches", "wrap", "on_rank0",
-           "convert_sync_bn"]
+           "same_decision", "convert_sync_bn"]
 
 
 def init_from_env(device: str) -> bool:
@@ -103,6 +105,12 @@ def wrap(model: nn.Module) -> nn.Module:
     device = next(model.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def same_decision(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (e.g. "save a checkpoint now" when it depends on each
+    rank's clock)."""
+    return bool(broadcast_value(float(flag))) if is_distributed() else flag
 
 
 def on_rank0(write: Any, *args: Any, **kwargs: Any) -> Any:

@@ -402,7 +402,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         if method.should_stop:
             break
         if resume is not None and epoch + 1 < epochs and \
-                resume.due(epoch, time.perf_counter() - last_save):
+                ddp.same_decision(resume.due(epoch, time.perf_counter() - last_save)):
             ddp.on_rank0(resume.save, _state(model, method, generators, epoch, result))
             last_save = time.perf_counter()
     result.wall_time = time.perf_counter() - start

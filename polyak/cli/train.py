@@ -69,8 +69,7 @@ def train_command(
 
     me, world = rank(), world_size()
     try:
-        extra = {} if resume is None else {"resume": resume}
-        result = train_run(the_task, method, seed, job.epochs, sync_bn=sync_bn, **extra)
+        result = train_run(the_task, method, seed, job.epochs, sync_bn=sync_bn, resume=resume)
     finally:
         if is_distributed():
             torch.distributed.destroy_process_group()

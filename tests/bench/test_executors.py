@@ -13,9 +13,9 @@ import time
 import psutil
 import pytest
 
-from polyak.bench.checkpoints import CheckpointPolicy, KeepEpochs
 from polyak.bench.executors import make_executor
 from polyak.bench.executors.ray import RayExecutor
+from polyak.bench.resume import ResumePolicy
 from polyak.bench.runner import plan_grid, run_grid
 from polyak.bench.store import METRICS, Store
 from polyak.bench.tasks import TASKS
@@ -98,29 +98,30 @@ def _ray_workers_running(function: str) -> list[psutil.Process]:
 def test_a_killed_ray_worker_is_retried_and_gives_the_uninterrupted_result(
         ray_cluster, tiny_mlp_task, tmp_path):
     task = tiny_mlp_task.replace(epochs=25)
-    keep = CheckpointPolicy(tmp_path / "ckpt", KeepEpochs.parse("epochs=0"))
-    (job,) = plan_grid([task], ["swa"], seeds=1, checkpoints=keep)
-    first = tmp_path / "ckpt" / task.name / "swa" / "seed0" / "epoch0.pt"
-    killed: list[float] = []
+    resume = ResumePolicy(tmp_path / "ckpt", every=1)
+    (job,) = plan_grid([task], ["swa"], seeds=1, resume=resume)
+    killed: list[int] = []
 
-    def kill_mid_run() -> None:  # once epoch 0 is saved, SIGKILL the worker running the job
+    def kill_mid_run() -> None:  # once a resume checkpoint exists, SIGKILL the worker
         deadline = time.time() + 120
-        while time.time() < deadline and not first.exists():
-            time.sleep(0.01)
+        while time.time() < deadline and not job.checkpoint.path.exists():
+            time.sleep(0.005)
         for proc in _ray_workers_running("_ray_work"):
             proc.kill()
-            killed.append(time.time())
+            killed.append(proc.pid)
 
+    results = []
     killer = threading.Thread(target=kill_mid_run)
     killer.start()
     with Store(tmp_path / "ray.sqlite") as store:
-        summary = run_grid(store, [job], show_progress=False,
-                           executor=RayExecutor(max_retries=2))
+        summary = run_grid(store, [job], show_progress=False, executor=RayExecutor(max_retries=2),
+                           on_result=lambda job, result: results.append(result))
         killer.join()
         assert killed, "no Ray worker was running the job"
         assert (summary.complete, summary.failed) == (1, 0), summary.errors
-        assert first.stat().st_mtime > killed[0]  # the retry trained epoch 0 again
+        (result,) = results
+        assert result.resumed_from and 0 < result.resumed_from[0] < 25  # continued mid-run
         got = contents(store)
-    with Store(tmp_path / "local.sqlite") as local:
-        run_grid(local, [plan_grid([task], ["swa"], seeds=1)[0]], workers=1, show_progress=False)
+    with Store(tmp_path / "local.sqlite") as local:  # uninterrupted, no checkpoints
+        run_grid(local, plan_grid([task], ["swa"], seeds=1), workers=1, show_progress=False)
         assert got == contents(local)
