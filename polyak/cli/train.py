@@ -22,7 +22,7 @@ from polyak.cli.bench import DATA_DIR_HELP, _data_dir, _device, _tasks
 def _result_json(task, spec: str, seed: int, epochs: int, result, world: int) -> dict:
     return {"task": task.name, "method": spec, "seed": seed, "epochs": epochs,
             "status": result.status, "error": result.error, "world_size": world,
-            "resumed_from": list(getattr(result, "resumed_from", [])),
+            "resumed_from": list(result.resumed_from), "machines": list(result.machines),
             "wall_time": result.wall_time, "records": result.records}
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["execute_job", "make_executor", "EXECUTORS", "Queue"]
+__all__ = ["execute_job", "make_executor", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 
@@ -39,37 +39,10 @@ def execute_job(job: Any, threads: int | None = None) -> Any:
         torch.set_num_threads(threads)
     try:
         return train_run(job.task, job.spec, job.seed, job.epochs, checkpoints=job.checkpoints,
-                         **_resume_kwargs(job))
+                         resume=job.checkpoint)
     except Exception as exc:  # a failing run must not stop the grid
         text = "".join(traceback.format_exception(exc))
         return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
-
-
-class Queue:
-    """The runs to do, claimed in the store one by one as they are handed out (the ``claims``
-    of the contract above, for a store only this bench uses)."""
-
-    poll = 1.0
-
-    def __init__(self, store: Any, todo: list[Any]) -> None:
-        self.store, self.queue = store, list(todo)
-
-    def __bool__(self) -> bool:
-        return bool(self.queue)
-
-    def take(self) -> Any:
-        if not self.queue:
-            return None
-        job = self.queue.pop(0)
-        self.store.claim(job.key)
-        return job
-
-    wait = take
-
-
-def _resume_kwargs(job: Any) -> dict[str, Any]:
-    checkpoint = getattr(job, "checkpoint", None)
-    return {} if checkpoint is None else {"resume": checkpoint}
 
 
 def make_executor(name: str, *, workers: int | None = None, address: str | None = None,
