@@ -120,7 +120,7 @@ def test_per_step_schedule_and_accumulation_collect_once_per_optimizer_step(tmp_
     assert method.steps == method.averaging.steps == method.averaging.collected == EPOCHS * 2
 
 
-def test_save_model_saves_the_reported_weights(tmp_path):
+def test_evaluate_and_save_model_use_the_reported_weights(tmp_path):
     from safetensors.torch import load_file
 
     model = Model()
@@ -128,12 +128,17 @@ def test_save_model_saves_the_reported_weights(tmp_path):
     trainer.write_at_end = False
     trainer.train()
     live = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = trainer.evaluate()
     trainer.save_model(str(tmp_path / "final"))
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
-    x, y, _, _ = data()
+    x, y, xv, yv = data()
     with method.eval_weights(bn_loader=[(x[i:i + BATCH],) for i in range(0, len(x), BATCH)]):
         want = {f"net.{k}": v.clone() for k, v in model.net.state_dict().items()}
+        losses = [evaluate(model.net, xv[i:i + BATCH], yv[i:i + BATCH])[0]
+                  for i in range(0, len(xv), BATCH)]
     assert_states_close(saved, want)
+    assert metrics["eval_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-6)
+    assert abs(evaluate(model.net, xv, yv)[0] - metrics["eval_loss"]) > 1e-4   # not the live
     assert not torch.equal(saved["net.0.weight"], live["net.0.weight"])
     for key, value in model.state_dict().items():   # the live weights are back
         assert torch.equal(value, live[key])
