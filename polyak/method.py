@@ -379,8 +379,13 @@ class Method(Stepping):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Its shape is checked before anything is loaded; a
+        cycle of gradient accumulation in progress is dropped (save at epoch ends)."""
         if len(state["switches"]) != len(self.switches):
             raise ValueError("state_dict is from a Method with a different number of switches")
+        for name in ("averaging", "averaging_trigger", "stop_trigger"):
+            if (getattr(self, name) is None) != (state[name] is None):
+                raise ValueError(f"state_dict {name} does not match this Method's")
         for switch, sw_state in zip(self.switches, state["switches"]):
             switch.load_state_dict(sw_state)
             if sw_state["done_epoch"] is not None:
@@ -388,8 +393,6 @@ class Method(Stepping):
         self.optimizer.load_state_dict(state["optimizer"])
         for name in ("averaging", "averaging_trigger", "stop_trigger"):
             obj = getattr(self, name)
-            if (obj is None) != (state[name] is None):
-                raise ValueError(f"state_dict {name} does not match this Method's")
             if obj is not None:
                 obj.load_state_dict(state[name])
         if self.scaler is not None and state.get("scaler") is not None:

@@ -126,3 +126,16 @@ def test_tso_alra_trigger_without_val_loss_is_refused_before_averaging_collects(
     with pytest.raises(ValueError, match="watches val_loss"):
         method.end_epoch(0)
     assert method.averaging.n_averaged == 0 and method.epochs_done == 0
+
+
+def test_load_state_dict_of_another_shape_changes_nothing():
+    model = tiny_model()
+    with_avg = Method(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                      averaging=Uniform(model))
+    step(with_avg, model)
+    other_model = tiny_model(1)
+    plain = Method(other_model, torch.optim.SGD(other_model.parameters(), lr=0.1, momentum=0.9))
+    before = plain.optimizer.state_dict()
+    with pytest.raises(ValueError, match="averaging does not match"):
+        plain.load_state_dict(with_avg.state_dict())
+    assert plain.optimizer.state_dict() == before   # the optimizer was not loaded first
