@@ -245,9 +245,9 @@ class WeightAverage:
     def next_step_weight(self) -> float | None:
         """The lerp weight of the collection the next :meth:`step` makes, for an optimizer that
         carries this average (``Padam.carry_average``); None when it makes none, its update is
-        no lerp, or it is carried already. See :mod:`polyak.optim._carry`."""
+        no lerp, it is carried already or sharded (FSDP2). See :mod:`polyak.optim._carry`."""
         every = self.every
-        if self._carried or every == "epoch" or (self.steps + 1) % every \
+        if self._carried or self._sharded or every == "epoch" or (self.steps + 1) % every \
                 or self.epoch < self.start_epoch:
             return None
         return self._lerp_weight()
@@ -364,6 +364,7 @@ class WeightAverage:
                 a.copy_(s)
         for key in ("n_averaged", "collected", "steps", "epoch"):
             setattr(self, key, int(state[key]))
+        self._carried = False  # a collection carried before the load is not this state's
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())

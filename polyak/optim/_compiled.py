@@ -142,6 +142,7 @@ def run(kind: str, hyper: tuple[Any, ...], lists: list[list[Tensor]],
         return False
     key = (kind, hyper, _signature(lists[0], lists[5]))
     fn = _CACHE.get(key)
+    # without averages the kernel ignores its weight argument: any scalar tensor will do
     weight = avg_weight if avg_weight is not None else scalars[0]
     if fn is not None:
         fn(*lists, *scalars, weight)
