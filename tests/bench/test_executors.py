@@ -142,3 +142,21 @@ def test_tuning_through_ray_picks_what_the_local_pool_picks(ray_cluster, tiny_ta
                           executor=executor)
             found[name] = (result.lrs, result.scores, contents(store))
     assert found["ray"] == found["local"]
+
+
+@pytest.mark.slow
+def test_a_run_that_raises_on_ray_is_recorded_failed_with_its_traceback(ray_cluster,
+                                                                        tiny_task, tmp_path):
+    from polyak.bench.runner import Job
+
+    def broken_data(**kwargs):  # a closure: Ray ships it by value to the worker
+        raise RuntimeError("simulated data failure")
+
+    jobs = [Job(tiny_task.replace(data=broken_data), "sgd", 0, 1),
+            Job(tiny_task, "sgd", 0, 1)]
+    with Store(tmp_path / "ray.sqlite") as store:
+        summary = run_grid(store, jobs, show_progress=False, executor=RayExecutor(max_retries=2))
+        assert (summary.failed, summary.complete) == (1, 1)
+        (failed,) = [r for r in store.runs() if r["status"] == "failed"]
+        assert "RuntimeError: simulated data failure" in failed["error"]
+        assert "Traceback" in failed["error"] and "broken_data" in failed["error"]
