@@ -13,6 +13,10 @@ each is a ``DTensor`` of the same placements, so a rank holds and updates only i
 full copy, no gather). Under DDP the parameters are identical on every rank, and so are the
 averages, without any communication.
 
+Non-finite weights are never collected: with ``nonfinite="raise"`` (default) a collection that
+meets a NaN/Inf parameter raises :class:`NonFiniteWeights` naming it, with ``nonfinite="skip"``
+it is dropped (the average unchanged) and counted in ``skipped``.
+
 Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of
 training, every epoch and in order (a repeated or out-of-order epoch is a ValueError). Every
 event leaves the object as it was when it raises. Parameters with ``requires_grad=False`` are
@@ -31,7 +35,13 @@ from torch import Tensor, nn
 
 from polyak.averaging.bn import Forward, bn_modules, recalibrate_bn, saved_bn_buffers
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "NonFiniteWeights", "NONFINITE"]
+
+NONFINITE = ("raise", "skip")
+
+
+class NonFiniteWeights(FloatingPointError):
+    """A weight average was asked to collect a NaN/Inf parameter (``nonfinite="raise"``)."""
 
 _FOREACH_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
@@ -73,8 +83,11 @@ class WeightAverage:
     def __init__(
         self, model: nn.Module, *, every: str | int = "epoch", start_epoch: int = 0,
         device: torch.device | str | None = None, foreach: bool | None = None,
+        nonfinite: str = "raise",
     ) -> None:
         every = check_every(every)
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"Invalid nonfinite: {nonfinite!r} (allowed: 'raise', 'skip')")
         start_epoch = check_epoch(start_epoch, "start_epoch")
         if foreach not in (None, True, False):
             raise ValueError(f"Invalid foreach: {foreach!r} (allowed: None, True, False)")
@@ -95,6 +108,8 @@ class WeightAverage:
         self.steps = 0
         self.epoch = 0
         self._carried = False  # the optimizer's step made the next step()'s collection
+        self.nonfinite = nonfinite
+        self.skipped = 0  # collections refused because a parameter was not finite ("skip")
 
     # ------------------------------------------------------------------ tensor operations
     def _copy_(self, dst: list[Tensor], src: list[Tensor]) -> None:
@@ -196,10 +211,24 @@ class WeightAverage:
             raise
 
     @torch.no_grad()
-    def _collect(self) -> None:
-        self._update(self._source(self._params()))
+    def _collect(self) -> bool:
+        """Collect the live parameters; ``False`` when skipped (``nonfinite="skip"``) because one
+        is NaN/Inf, :class:`NonFiniteWeights` naming it under ``nonfinite="raise"``."""
+        src = self._source(self._params())
+        if not _all_finite(src):
+            bad = next(name for (name, _), t in zip(self.model.named_parameters(), src)
+                       if not bool(torch.isfinite(_local(t)).all()))
+            if self.nonfinite == "raise":
+                raise NonFiniteWeights(
+                    f"Non-finite weights: parameter {bad!r} holds NaN/Inf; the average refuses "
+                    f"to collect it ({type(self).__name__}(nonfinite='skip') drops such "
+                    "collections and counts them in .skipped)")
+            self.skipped += 1
+            return False
+        self._update(src)
         self.n_averaged += 1
         self.collected += 1
+        return True
 
     # ------------------------------------------------------------------ events
     def step(self) -> None:
@@ -339,6 +368,7 @@ class WeightAverage:
             "type": type(self).__name__, "hyper": self._hyper(),
             "n_averaged": self.n_averaged, "collected": self.collected,
             "steps": self.steps, "epoch": self.epoch, "average": list(self.average),
+            "skipped": self.skipped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -365,10 +395,26 @@ class WeightAverage:
         for key in ("n_averaged", "collected", "steps", "epoch"):
             setattr(self, key, int(state[key]))
         self._carried = False  # a collection carried before the load is not this state's
+        self.skipped = int(state.get("skipped", 0))
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
-        return f"{type(self).__name__}({hyper}, n_averaged={self.n_averaged})"
+        skipped = f", skipped={self.skipped}" if self.skipped else ""
+        return f"{type(self).__name__}({hyper}, n_averaged={self.n_averaged}{skipped})"
+
+
+def _all_finite(ts: list[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite: one max-norm per tensor (NaN and Inf
+    propagate into it), one reduction, one synchronisation."""
+    local = [t for t in _locals(ts) if t.numel()]
+    if not local:
+        return True
+    try:
+        norms = torch._foreach_norm(local, float("inf"))
+    except (RuntimeError, NotImplementedError):
+        norms = [t.abs().max() for t in local]
+    return bool(torch.isfinite(torch.stack([n.to(local[0].device, torch.float32)
+                                           for n in norms])).all())
 
 
 def _is_sharded(t: Tensor) -> bool:

@@ -51,7 +51,7 @@ class EMA(WeightAverage):
         self, model: nn.Module, decay: float, every: str | int = "step",
         bias_correction: bool = False, device: torch.device | str | None = None, *,
         start_epoch: int = 0, foreach: bool | None = None, warmup: bool = False,
-        warmup_gamma: float = 1.0, warmup_power: float = 2 / 3,
+        warmup_gamma: float = 1.0, warmup_power: float = 2 / 3, nonfinite: str = "raise",
     ) -> None:
         ok = isinstance(decay, (int, float)) and not isinstance(decay, bool)
         if not ok or not math.isfinite(decay) or not 0.0 <= decay < 1.0:
@@ -67,7 +67,7 @@ class EMA(WeightAverage):
         self.warmup = bool(warmup)
         self.warmup_gamma, self.warmup_power = float(warmup_gamma), float(warmup_power)
         super().__init__(model, every=every, start_epoch=start_epoch, device=device,
-                         foreach=foreach)
+                         foreach=foreach, nonfinite=nonfinite)
 
     @property
     def current_decay(self) -> float:

@@ -116,6 +116,7 @@ class PhaseWise(WeightAverage):
         self, model: nn.Module, phases: Iterable[int], gamma0: float = 0.9,
         ref_epochs: float = 80, momentum: str = "keep", optimizer: Any = None,
         device: torch.device | str | None = None, *, foreach: bool | None = None,
+        nonfinite: str = "raise",
     ) -> None:
         phases = _check_phases(phases)
         if not isinstance(gamma0, (int, float)) or not 0.0 < gamma0 < 1.0:
@@ -131,7 +132,8 @@ class PhaseWise(WeightAverage):
         self.gamma0, self.ref_epochs = float(gamma0), ref_epochs
         self.momentum, self.optimizer = momentum, optimizer
         self._ends = [sum(phases[: i + 1]) for i in range(len(phases))]
-        super().__init__(model, every="epoch", start_epoch=0, device=device, foreach=foreach)
+        super().__init__(model, every="epoch", start_epoch=0, device=device, foreach=foreach,
+                         nonfinite=nonfinite)
 
     # ------------------------------------------------------------------ phases
     @property
@@ -191,8 +193,7 @@ class PhaseWise(WeightAverage):
                 f"Invalid epoch: {epoch} (expected {self.epoch}: PhaseWise needs every epoch, "
                 "0-based and in order; use load_state_dict to resume)"
             )
-        T_p = self.phases[self.phase_index]
-        if self.n_averaged + 1 < T_p:
+        if epoch + 1 < self._ends[self.phase_index]:  # (a skipped epoch does not move the end)
             self._collect()
         else:   # a phase end: all of it or (on an exception, e.g. from bn_loader) none of it
             with self._all_or_nothing():
@@ -208,6 +209,8 @@ class PhaseWise(WeightAverage):
     @torch.no_grad()
     def _end_phase(self, bn_loader: Iterable[Any] | None, forward: Forward | None) -> None:
         params = self._params()
+        if self.n_averaged == 0:  # every epoch of the phase skipped (nonfinite="skip")
+            return
         self._write_into(params, self._divisor())
         self.n_averaged = 0
         if bn_loader is not None:

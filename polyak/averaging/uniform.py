@@ -43,9 +43,10 @@ class Uniform(WeightAverage):
     def __init__(
         self, model: nn.Module, start_epoch: int = 0, every: str | int = "epoch",
         device: torch.device | str | None = None, *, foreach: bool | None = None,
+        nonfinite: str = "raise",
     ) -> None:
         super().__init__(model, every=every, start_epoch=start_epoch, device=device,
-                         foreach=foreach)
+                         foreach=foreach, nonfinite=nonfinite)
 
     def _update(self, src: list[Tensor]) -> None:
         if self.n_averaged == 0:

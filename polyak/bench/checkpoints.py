@@ -74,8 +74,9 @@ class CheckpointPolicy:
         if not self.keep.wants(epoch, epochs):
             return None
         import polyak
+        from polyak.bench.device import OnDevice
 
-        net = getattr(model, "net", model)  # unwrap the CUDA wrapper (polyak.bench.device)
+        net = model.net if isinstance(model, OnDevice) else model  # the CUDA wrapper's model
         return save_checkpoint(checkpoint_dir(self.root, task, method, seed), net, epoch=epoch,
                                lr=lr, meta={"task": task, "method": method, "seed": int(seed),
                                             "polyak_version": polyak.__version__})

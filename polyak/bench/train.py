@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyak
+from polyak.averaging import NonFiniteWeights
 from polyak.bench import ddp
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.data import Splits
@@ -371,7 +372,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         lr = float(method.lr)
         try:
             train_loss, train_acc = fit()
-        except NonFiniteError as exc:   # Method(nonfinite="raise") stopped at the step
+        except (NonFiniteError, NonFiniteWeights) as exc:  # raised at a step (nonfinite="raise")
             result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
             break
         live_val = score(splits.x_val, splits.y_val) if method.reads_val_metrics else None
@@ -379,8 +380,12 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"
             break
         versions = _versions(model)
-        method.end_epoch(epoch, val_loss=live_val and live_val[0],
-                         val_acc=live_val and live_val[1], bn_loader=bn_loader)
+        try:
+            method.end_epoch(epoch, val_loss=live_val and live_val[0],
+                             val_acc=live_val and live_val[1], bn_loader=bn_loader)
+        except NonFiniteWeights as exc:  # an average refused NaN/Inf weights
+            result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
+            break
         val = test = (None, None)
         if epoch in curve or epoch == epochs - 1 or method.should_stop:
             if versions != _versions(model) or not method.reports_live_weights:
