@@ -220,8 +220,9 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reports = []
-    for task, by_method in collect(store, keys).items():
+    reports, collected = [], collect(store, keys)
+    notes = [*notes, *machine_notes(collected)]
+    for task, by_method in collected.items():
         epochs, description = tasks[task]
         rep = task_report(task, epochs, description, by_method, claims, baseline)
         if any(rep.curves.values()):
@@ -238,6 +239,25 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
 def budgets_in_store(store: Store, task: str) -> list[int]:
     """The epoch budgets of ``task``'s runs in the store, largest first."""
     return sorted({run["epochs"] for run in store.runs(task)}, reverse=True)
+
+
+def machine_notes(collected: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> list[str]:
+    """A warning per task whose finished runs come from more than one torch build / CPU kernel
+    set (runs are bit-for-bit reproducible only on the same machine and torch build; across
+    CPUs they differ in the last bits, and after many epochs in the reported digits)."""
+    notes = []
+    for task, by_method in collected.items():
+        machines = {(r.get("torch_version"), r.get("cpu_capability"))
+                    for runs in by_method.values() for r in runs
+                    if r["status"] in ("complete", "diverged")}
+        known = sorted(f"torch {t} on {c}" for t, c in machines if t is not None)
+        if len(machines) > 1:
+            unknown = " and runs from a polyak that did not record it" \
+                if any(t is None for t, _ in machines) else ""
+            notes.append(f"{task}: the compared runs come from different machines "
+                         f"({', '.join(known)}{unknown}); differences between them mix the "
+                         "methods' effect with floating-point differences of the machines")
+    return notes
 
 
 def keys_in_store(store: Store, tasks: Sequence[Any], methods: Sequence[str] | None = None,
