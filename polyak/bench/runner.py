@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import polyak
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.executors.local import LocalExecutor
-from polyak.bench.resume import ResumePolicy, RunCheckpoint
+from polyak.bench.resume import CheckpointError, ResumePolicy, RunCheckpoint
 from polyak.bench.store import FINAL, Heartbeat, RunKey, Store
 from polyak.bench.tasks import Task
 from polyak.bench.train import (
@@ -151,6 +151,8 @@ def _work(job: Job) -> RunResult:
     try:
         return train_run(job.task, job.spec, job.seed, job.epochs,
                          checkpoints=job.checkpoints, resume=job.checkpoint)
+    except CheckpointError:  # the disk or the checkpoint, not the run: stop with one line
+        raise
     except Exception as exc:  # a failing run must not stop the grid
         text = "".join(traceback.format_exception(exc))
         return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
@@ -284,7 +286,7 @@ def _run_inline(store: Store, claims: Any, done: Callable[[Job, RunResult], None
         while (job := claims.wait()) is not None:
             try:
                 result = _work(job)
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or a checkpoint that cannot be written
                 store.release([job.key])
                 raise
             done(job, result)

@@ -140,6 +140,25 @@ CHECKPOINT_DIR_HELP = ("Where runs keep their resume checkpoints, and --keep-che
                        "its <task>/<method>/seed<k>/epoch<e>.pt files.")
 
 
+def _writable_dir(path: str, flag: str) -> None:
+    """Fail (one line, exit 2) unless ``path`` is a directory we can create files in (made
+    when missing): checked before anything runs, so a bench never ends unable to write."""
+    import errno
+    import os
+
+    target = Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = None, target / f".polyak-write-test-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        why = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.ENOSPC: "no space left"}.get(exc.errno, exc.strerror or str(exc))
+        fail(f"cannot write in {path} ({why}): choose another {flag}")
+
+
 def _resume_policy(every: str, directory: str):
     from polyak.bench.resume import ResumePolicy, parse_every
 
@@ -193,6 +212,8 @@ def bench_command(
                                   KeepEpochs.parse(keep_checkpoints))
     jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy, resume=resume)
     _warn_gpu_sized(task_list, epochs)
+    _writable_dir(out, "--out")
+    _writable_dir(checkpoint_dir, "--checkpoint-dir")
     run_store = _open_store(store)
     notes = [f"{name} not run: {why}" for name, why in default_methods()[1]] if specs is None \
         else []
@@ -323,6 +344,7 @@ def tune_command(
     specs = split_specs(methods) if methods is not None else default_methods()[0]
     n_epochs = the_task.epochs if epochs is None else epochs
     plan = tune_jobs(the_task, specs, multipliers, seeds, n_epochs)
+    _writable_dir(checkpoint_dir, "--checkpoint-dir")
     run_store = _open_store(store)
     command = shlex.join(["polyak", "tune", "--task", the_task.name, "--methods",
                           ",".join(specs), "--grid", grid, "--seeds", str(seeds),

@@ -33,6 +33,7 @@ EXECUTORS = ("local", "ray")
 def execute_job(job: Any, threads: int | None = None) -> Any:
     """Train one job (``polyak.bench.runner.Job``) with ``threads`` torch threads; a run that
     raises comes back as a failed result carrying its traceback."""
+    from polyak.bench.resume import CheckpointError
     from polyak.bench.train import RunResult, train_run
 
     if threads is not None:
@@ -40,6 +41,8 @@ def execute_job(job: Any, threads: int | None = None) -> Any:
     try:
         return train_run(job.task, job.spec, job.seed, job.epochs, checkpoints=job.checkpoints,
                          resume=job.checkpoint)
+    except CheckpointError:  # the disk or the checkpoint, not the run: the bench stops
+        raise
     except Exception as exc:  # a failing run must not stop the grid
         text = "".join(traceback.format_exception(exc))
         return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
