@@ -4,10 +4,14 @@ Results table (one row per method, ranked by mean final test accuracy): finished
 (``complete`` and ``diverged`` counted apart; statistics use complete runs only, a diverged
 run is reported, never averaged in), final test accuracy and NLL as mean +- std over seeds,
 the best epoch (0-based, as ``end_epoch`` numbers it: the highest mean validation accuracy of
-the reported weights:
-the test set is not used to choose it), wall time per run, and Welch's t-test of the final test
-accuracy against the method's baseline (``polyak.recipes.BASELINES``): the difference in
-percentage points with its 95 % CI and the p-value.
+the reported weights: the test set is not used to choose it), wall time per run, and the paired
+t-test (over the seeds both ran; Welch's test without common seeds) of the final test accuracy
+against the method's baseline (``polyak.recipes.BASELINES``): the difference in percentage points
+with its 95 % CI and the p-value (unadjusted: a description of the table, not a verdict).
+
+Claims (:mod:`polyak.bench.claims`): gain [95 % CI], raw p and Holm-adjusted p across the claims
+table, the verdict on the adjusted p, and for inconclusive claims the smallest effect the run
+could detect (power 0.8) and the seeds the observed effect would need.
 
 The report is Markdown: printed to stdout and written to ``<out>/report.md``, with the figures
 ``<out>/<task>-test-error.png`` beside it.
@@ -22,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import polyak
-from polyak.bench.claims import CLAIMS, Claim, ClaimResult, evaluate_claim
+from polyak.bench.claims import ALPHA, CLAIMS, Claim, ClaimResult, evaluate_claims
 from polyak.bench.plots import plot_test_error
-from polyak.bench.stats import mean_std, welch
+from polyak.bench.stats import mean_std, paired, welch
 from polyak.bench.store import Store
 
 __all__ = ["MethodRow", "TaskReport", "collect", "task_report", "to_markdown", "write_report",
-           "baseline_of"]
+           "baseline_of", "claims_summary"]
 
 Curve = Sequence[Mapping[str, Any]]
 
@@ -49,7 +53,7 @@ class MethodRow:
     time_per_run: float
     rank: int | None = None
     baseline: str | None = None
-    vs_baseline: Any = None  # stats.Welch of the accuracy difference (pp) or None
+    vs_baseline: Any = None  # stats.Test of the accuracy difference (pp) or None
 
 
 @dataclass
@@ -61,6 +65,7 @@ class TaskReport:
     claims: list[ClaimResult]
     curves: dict[str, list[Curve]] = field(default_factory=dict)
     figure: Path | None = None
+    seeds: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def baseline_of(spec: str) -> str | None:
@@ -114,9 +119,13 @@ def task_report(task: str, epochs: int, description: str,
     for rank, row in enumerate(ranked, 1):
         row.rank = rank
     rows = ranked + [r for r in rows if not r.complete]
-    curves = {m: [r["curve"] for r in runs if r["status"] == "complete" and r["curve"]]
-              for m, runs in runs_by_method.items()}
-    finals = {m: [100.0 * c[-1]["test_acc"] for c in cs] for m, cs in curves.items()}
+    done = {m: sorted((r for r in runs if r["status"] == "complete" and r["curve"]),
+                      key=lambda r: r.get("seed", 0)) for m, runs in runs_by_method.items()}
+    curves = {m: [r["curve"] for r in rs] for m, rs in done.items()}
+    seeds = {m: [r.get("seed", (m, i)) for i, r in enumerate(rs)]  # no seed: never paired
+             for m, rs in done.items()}
+    finals = {m: {s: 100.0 * c[-1]["test_acc"] for s, c in zip(seeds[m], curves[m])}
+              for m in curves}
     for row in rows:
         base = baseline if baseline is not None else baseline_of(row.method)
         if base is None or base == row.method:
@@ -124,9 +133,17 @@ def task_report(task: str, epochs: int, description: str,
         if not finals.get(base):
             row.baseline = f"{base} (not run)"
         elif finals[row.method]:
-            row.baseline, row.vs_baseline = base, welch(finals[row.method], finals[base])
-    results = [evaluate_claim(c, curves, epochs) for c in claims]
-    return TaskReport(task, epochs, description, rows, results, curves)
+            row.baseline, row.vs_baseline = base, _compare(finals[row.method], finals[base])
+    results = evaluate_claims(claims, curves, epochs, seeds=seeds)
+    return TaskReport(task, epochs, description, rows, results, curves, seeds=seeds)
+
+
+def _compare(a: dict[Any, float], b: dict[Any, float]) -> Any:
+    """Paired test over the common seeds (at least two), else Welch's test."""
+    common = sorted(set(a) & set(b), key=str)
+    if len(common) >= 2:
+        return paired([a[s] for s in common], [b[s] for s in common])
+    return welch(list(a.values()), list(b.values()))
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -163,22 +180,35 @@ def _rows_markdown(report: TaskReport) -> list[str]:
 
 
 def _claims_markdown(report: TaskReport) -> list[str]:
-    lines = ["| paper | claim | A vs B | metric | gain of A [95% CI] | p | verdict |",
-             "|---|---|---|---|---:|---:|---|"]
+    lines = ["| paper | claim | A vs B | metric | gain of A [95% CI] | p | p (Holm) | verdict "
+             "| detectable (power 0.8) | seeds for the observed gain |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|"]
     for res in report.claims:
         c = res.claim
         where = "final" if c.at == 1.0 else f"epoch {max(1, round(c.at * report.epochs))}"
         metric = f"{'test acc' if c.metric == 'test_acc' else 'test NLL'} ({where})"
         if c.direction == "matches":
             metric += f", ±{c.margin:g} {c.unit}"
+        digits = 2 if c.unit == "pp" else 4
         gain = "—" if math.isnan(res.diff) else (
-            f"{res.diff:+.{2 if c.unit == 'pp' else 4}f} {c.unit} "
-            f"{_ci(res.low, res.high, 2 if c.unit == 'pp' else 4)}")
+            f"{res.diff:+.{digits}f} {c.unit} {_ci(res.low, res.high, digits)}")
         verdict = f"**{res.verdict}**" if res.verdict in ("supported", "contradicted") \
             else res.verdict
-        lines.append(f"| {c.paper} | {c.text} | {c.a} vs {c.b} (n={res.n_a}/{res.n_b}) | "
-                     f"{metric} | {gain} | {_p(res.p)} | {verdict} |")
+        pairs = f"n={res.n_a}/{res.n_b}" + (", paired" if res.paired else "")
+        mde = "—" if math.isnan(res.detectable) else f"{res.detectable:.{digits}f} {c.unit}"
+        needed = "—" if res.verdict != "inconclusive" else (
+            "> 100000" if res.seeds_needed is None else str(res.seeds_needed))
+        lines.append(f"| {c.paper} | {c.text} | {c.a} vs {c.b} ({pairs}) | {metric} | {gain} | "
+                     f"{_p(res.p)} | {_p(res.p_adjusted)} | {verdict} | {mde} | {needed} |")
     return lines
+
+
+def claims_summary(report: TaskReport) -> str:
+    """"N supported, N contradicted, N inconclusive (Holm, alpha 0.05)"."""
+    counts = {v: sum(r.verdict == v for r in report.claims)
+              for v in ("supported", "contradicted", "inconclusive", "not run")}
+    text = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return f"{text} (Holm-adjusted p < {ALPHA:g} across the {len(report.claims)} claims)"
 
 
 def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str:
@@ -188,7 +218,8 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
     for rep in reports:
         lines += [f"## {rep.task} ({rep.epochs} epochs)", "", rep.description, "",
                   "Final test accuracy and NLL of the weights each method reports, mean ± std "
-                  "over seeds; Δ acc: Welch t-test against the method's baseline.", ""]
+                  "over seeds; Δ acc: paired t-test over the common seeds against the "
+                  "method's baseline (unadjusted p).", ""]
         lines += _rows_markdown(rep) + [""]
         missing = sorted({r.baseline.split()[0] for r in rep.rows
                           if r.baseline and r.baseline.endswith("(not run)")})
@@ -201,7 +232,11 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
                       "The curves show the epochs at which the runs evaluated the reported "
                       "weights (full test set, BatchNorm recalibrated): 10 evenly spaced epochs "
                       "of the budget, the last one included.", ""]
-        lines += ["### Paper claims", ""] + _claims_markdown(rep) + [""]
+        lines += ["### Paper claims", "", claims_summary(rep) + ". Gain: improvement of A "
+                  "over B (paired over seeds); verdicts on the Holm-adjusted p; for "
+                  "inconclusive claims the smallest gain this run could detect (power 0.8, "
+                  "two-sided 0.05, the observed spread) and the seeds the observed gain would "
+                  "need.", ""] + _claims_markdown(rep) + [""]
         failures = [f"- {m}: {n} failed run(s)" for m, n in
                     ((r.method, r.failed) for r in rep.rows) if n]
         if failures:

@@ -69,7 +69,7 @@ class Job:
     def key(self) -> RunKey:
         """The run's identity (computed once: the tuned lr it records cannot change under it)."""
         return RunKey(self.task.name, self.spec, self.seed, self.epochs,
-                      run_config(self.task, self.spec))
+                      run_config(self.task, self.spec, self.epochs))
 
     @cached_property
     def checkpoint(self) -> RunCheckpoint | None:

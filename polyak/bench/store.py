@@ -1,7 +1,7 @@
 """The run store: one SQLite file holding every benchmark run and its per-epoch metrics.
 
 A run's identity is (task, method spec, seed, epochs, config hash); the config is the task's
-:meth:`~polyak.bench.tasks.Task.config` plus the learning-rate override the bench applied, so
+:meth:`~polyak.bench.tasks.Task.config` plus the tuned overrides the bench applied, so
 changing a task or its tuned learning rates makes new runs instead of mixing results.
 Status: ``pending`` (planned), ``running`` (claimed by a bench under a lease, see below),
 ``complete``, ``diverged`` (a non-finite loss; deterministic, so final like ``complete``) and

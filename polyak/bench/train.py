@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,7 +71,6 @@ __all__ = ["Batches", "RunResult", "train_run", "build_method", "resolve_overrid
            "train_epoch", "run_config", "run_identity", "machine"]
 
 CURVE_POINTS = 10  # epochs of a run at which the reported weights are evaluated (curve_epochs)
-_LR_IN_SPEC = re.compile(r"(?:^|[:,])\s*lr\s*=")
 _AUGMENT_SEED = 0x5EED  # the augmentation generator is seeded with seed + this
 _DEVICE_CACHE: dict[tuple[int, str], tuple[Splits, torch.Tensor, torch.Tensor]] = {}
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -114,20 +112,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def resolve_overrides(task: Task, spec: str) -> dict[str, Any]:
-    """Keyword overrides for ``polyak.recipe``: the task's tuned ``lr`` unless the spec sets one."""
-    if _LR_IN_SPEC.search(spec):
-        return {}
-    name = spec.split(":", 1)[0].strip()
-    lrs = task.tuned_lrs()
-    return {"lr": lrs[name]} if name in lrs else {}
+def resolve_overrides(task: Task, spec: str, epochs: int | None = None) -> dict[str, Any]:
+    """Keyword overrides for ``polyak.recipe``: the task's tuned values of the spec's recipe
+    (or, when it has none, of the recipe it shares its tuning with, times the recipe's scale;
+    see :class:`polyak.recipes.Tuning`), except the keys the spec sets itself; epoch-counted
+    values rescaled to ``epochs``."""
+    rec = polyak.recipes.parse(spec)
+    tuned = task.tuned_values(epochs)
+    values = tuned.get(rec.name)
+    if values is None and rec.tuning.shares in tuned and not rec.tuning.relative:
+        scale = rec.tuning.scale
+        values = {k: v * scale[k] if k in scale else v
+                  for k, v in tuned[rec.tuning.shares].items()}
+    return {k: v for k, v in (values or {}).items()
+            if k not in rec.overrides and k in rec.defaults}
 
 
 def build_method(task: Task, spec: str, model: nn.Module, epochs: int, steps_per_epoch: int
                  ) -> Any:
-    """``polyak.recipe(spec, model, ...)`` with the task's tuned learning rate applied."""
+    """``polyak.recipe(spec, model, ...)`` with the task's tuned values applied."""
     return polyak.recipe(spec, model, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                         **resolve_overrides(task, spec))
+                         **resolve_overrides(task, spec, epochs))
 
 
 def make_model(task: Task, splits: Splits) -> nn.Module:
@@ -268,10 +273,10 @@ def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
             ddp.RankBatches(bn_loader) if is_distributed() else bn_loader, generators)
 
 
-def run_config(task: Task, spec: str) -> str:
-    """The canonical JSON of a run's config: the task's and the lr override the bench applies
-    (part of the run's identity in the store and in its checkpoints)."""
-    config = {"task": task.config(), "overrides": resolve_overrides(task, spec)}
+def run_config(task: Task, spec: str, epochs: int | None = None) -> str:
+    """The canonical JSON of a run's config: the task's and the tuned overrides the bench
+    applies at ``epochs`` (part of the run's identity in the store and in its checkpoints)."""
+    config = {"task": task.config(), "overrides": resolve_overrides(task, spec, epochs)}
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
@@ -280,7 +285,7 @@ def run_identity(task: Task, spec: str, seed: int, epochs: int) -> dict[str, Any
     from polyak.bench.store import config_hash
 
     return {"task": task.name, "method": spec, "seed": int(seed), "epochs": int(epochs),
-            "config_hash": config_hash(json.loads(run_config(task, spec))),
+            "config_hash": config_hash(json.loads(run_config(task, spec, epochs))),
             "polyak_version": polyak.__version__}
 
 

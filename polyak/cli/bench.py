@@ -52,6 +52,15 @@ def _tasks(text: str | None, device: str = "cpu", data_dir: str | None = None) -
             for name in dict.fromkeys(names)]
 
 
+def _with_tuned(tasks: list, path: str | None) -> list:
+    """The tasks reading their tuned values from ``path`` (when given)."""
+    if path is None:
+        return tasks
+    if not Path(path).is_file():
+        fail(f"Invalid tuned: {path} is not a file (write one with `polyak tune --out FILE`)")
+    return [t.replace(tuned_path=Path(path)) for t in tasks]
+
+
 def _device(name: str, check: bool = True) -> str:
     from polyak.bench.device import resolve_device
 
@@ -194,6 +203,9 @@ def bench_command(
     cpus_per_run: float = typer.Option(1, "--cpus-per-run", help=CPUS_HELP),
     gpus_per_run: float = typer.Option(0, "--gpus-per-run", help=GPUS_HELP),
     max_retries: int = typer.Option(3, "--max-retries", help=RETRIES_HELP),
+    tuned: str = typer.Option(None, "--tuned", help="Tuned hyper-parameters to use (a file "
+                              "written by `polyak tune --out`; default: the task's shipped "
+                              "file)."),
 ) -> int:
     """Run the (task x method x seed) grid, resuming from the store, then print the report."""
     from polyak.bench.runner import default_methods, plan_grid, run_grid
@@ -201,7 +213,8 @@ def bench_command(
     for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
         _positive(name, value)
     runner_ = _executor(executor, ray_address, cpus_per_run, gpus_per_run, max_retries, workers)
-    task_list = _tasks(tasks, _device_for(device, runner_), _data_dir(data_dir))
+    task_list = _with_tuned(_tasks(tasks, _device_for(device, runner_), _data_dir(data_dir)),
+                            tuned)
     specs = split_specs(methods) if methods is not None else None
     resume = _resume_policy(checkpoint_every, checkpoint_dir)
     policy = None
@@ -246,6 +259,7 @@ def report_command(
                                  "(it tells which corpus a kjv-lstm run read)."),
     baseline: str = typer.Option(None, "--baseline", help="Test every method against this "
                                  "one (default: each method's own baseline, when it was run)."),
+    tuned: str = typer.Option(None, "--tuned", help="The --tuned file of the bench."),
 ) -> int:
     """Tables, figures and paper-claim verdicts of the runs in the store.
 
@@ -261,6 +275,7 @@ def report_command(
     task_list = _tasks(tasks, dev, where) if tasks is not None else \
         [TASKS[name].replace(device=dev, data_dir=where) for name in run_store.tasks()
          if name in TASKS]
+    task_list = _with_tuned(task_list, tuned)
     keys, notes = _keys_by_budget(run_store, task_list, specs, epochs, store)
     if baseline is not None and not any(k.method == baseline for k in keys):
         fail(f"Invalid baseline: {baseline!r} has no runs in this report (methods: "
@@ -303,17 +318,18 @@ def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store
 def tune_command(
     task: str = typer.Option(None, "--task", help="Task to tune on (default mnist1d-cnn)."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated recipe names "
-                                "(default: every paper method)."),
-    grid: str = typer.Option("0.1,0.3333,1,3,10", "--grid",
-                             help="Comma-separated multipliers of each recipe's default lr."),
-    seeds: int = typer.Option(1, "--seeds", help="Seeds per grid point."),
+                                "(default: every paper method; the recipes they share tuning "
+                                "with are tuned too)."),
+    out: str = typer.Option(None, "--out", help="JSON file the winners are written (merged) "
+                            "into (default: polyak-tuned-<task>.json here); use it with "
+                            "`polyak bench --tuned FILE`."),
+    trials: int = typer.Option(None, "--trials", help="Trials per tuned method, the same for "
+                               "each (default: the largest grid, so every grid runs whole)."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per trial."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: cores)."),
-    max_extend: int = typer.Option(3, "--max-extend",
-                                   help="Grid points added past an edge that wins, at most."),
+    sampler_seed: int = typer.Option(0, "--sampler-seed", help="Seed of the grid samplers."),
     store: str = typer.Option(DEFAULT_TUNE_STORE, "--store", help=STORE_HELP),
-    out: str = typer.Option(None, "--out", help="JSON to merge the winners into "
-                            "(default: the task's shipped tuned file)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     data_dir: str = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -326,42 +342,47 @@ def tune_command(
                                        help="Where runs keep their resume checkpoints."),
     checkpoint_every: str = typer.Option("1", "--checkpoint-every", help=CHECKPOINT_EVERY_HELP),
 ) -> int:
-    """Tune each method's learning rate on the validation set; write the winners as JSON."""
+    """Tune each method as its paper did (grid, shared values) on the validation split."""
     from polyak.bench.runner import default_methods
-    from polyak.bench.tune import tune, tune_jobs
+    from polyak.bench.tune import tune, write_tuned
 
-    for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers)):
+    for name, value in (("seeds", seeds), ("epochs", epochs), ("workers", workers),
+                        ("trials", trials)):
         _positive(name, value)
-    if max_extend < 0:
-        fail(f"Invalid max-extend: {max_extend} (allowed: an integer >= 0)")
     resume = _resume_policy(checkpoint_every, checkpoint_dir)
     runner_ = _executor(executor, ray_address, cpus_per_run, gpus_per_run, max_retries, workers)
     (the_task,) = _tasks(task, _device_for(device, runner_), _data_dir(data_dir))
-    try:
-        multipliers = [float(g) for g in grid.split(",") if g.strip()]
-    except ValueError:
-        fail(f"Invalid grid: {grid!r} (allowed: comma-separated positive numbers)")
     specs = split_specs(methods) if methods is not None else default_methods()[0]
     n_epochs = the_task.epochs if epochs is None else epochs
-    plan = tune_jobs(the_task, specs, multipliers, seeds, n_epochs)
+    path = Path(out if out is not None else f"polyak-tuned-{the_task.name}.json")
+    if path.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        fail(f"Invalid out: {path} is inside the installed package (its files are read only)")
     _writable_dir(checkpoint_dir, "--checkpoint-dir")
     run_store = _open_store(store)
     command = shlex.join(["polyak", "tune", "--task", the_task.name, "--methods",
-                          ",".join(specs), "--grid", grid, "--seeds", str(seeds),
-                          "--epochs", str(n_epochs), "--max-extend", str(max_extend)]
+                          ",".join(specs), "--seeds", str(seeds), "--epochs", str(n_epochs)]
+                         + (["--trials", str(trials)] if trials is not None else [])
                          + (["--device", the_task.device] if the_task.device != "cpu" else []))
     try:
-        result = tune(run_store, the_task, plan, multipliers, seeds, n_epochs, workers, out,
-                      command=command, show_progress=progress, max_extend=max_extend,
-                      executor=runner_, resume=resume)
+        result = tune(run_store, the_task, specs, n_epochs, seeds, trials, workers, sampler_seed,
+                      show_progress=progress, executor=runner_, resume=resume)
     finally:
         if runner_ is not None:
             runner_.close()
-    if result.path is None:
-        typer.echo("polyak: interrupted; run the same command again to finish", err=True)
+    if result.interrupted:
+        typer.echo("polyak: interrupted; run the same command again to finish (finished runs "
+                   "are not run again)", err=True)
         return 130
-    for method, scores in result.scores.items():
-        points = ", ".join(f"{lr:.4g}: {100 * acc:.2f}%" for lr, acc, _ in scores)
-        typer.echo(f"{method}: lr {result.lrs[method]:.4g}  (val acc {points})")
-    typer.echo(f"tuned learning rates written to {result.path}", err=True)
+    for method, values in result.tuned.items():
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in values.items()) or "published defaults"
+        if method in result.shared:
+            typer.echo(f"{method}: {shown}  (from {result.shared[method]})")
+            continue
+        best = max(t.val_acc for t in result.trials[method])
+        typer.echo(f"{method}: {shown}  (best val acc {100 * best:.2f}% of "
+                   f"{len(result.trials[method])} trials)")
+    write_tuned(path, the_task, result, n_epochs, seeds, command, trials)
+    typer.echo(f"tuned hyper-parameters written to {path}; use them with "
+               f"`polyak bench --tasks {the_task.name} --tuned {path}`", err=True)
     return 0

@@ -77,3 +77,64 @@ def test_every_claim_names_recipes():
         assert claim.a in names and claim.b in names, claim
     papers = {c.paper for c in CLAIMS}
     assert len(papers) == 5
+
+
+# ---------------------------------------------------------------- paired, adjusted, powered
+from polyak.bench.claims import evaluate_claims  # noqa: E402
+from polyak.bench.stats import detectable_effect, holm, seeds_needed  # noqa: E402
+
+
+def test_claims_are_paired_by_seed_adjusted_by_holm_and_decided_on_the_adjusted_p():
+    from scipy import stats
+
+    accs = {"a": [0.950, 0.955, 0.948, 0.952], "b": [0.940, 0.951, 0.943, 0.949],
+            "c": [0.951, 0.950, 0.949, 0.950]}
+    curves = {m: [curve([v], [1.0 - v]) for v in vs] for m, vs in accs.items()}
+    seeds = {m: [0, 1, 2, 3] for m in accs}
+    claims = [Claim("p", "a beats b", "a", "b"), Claim("p", "c beats b", "c", "b"),
+              Claim("p", "a matches c", "a", "c", direction="matches", margin=0.5)]
+    results = evaluate_claims(claims, curves, epochs=1, seeds=seeds)
+    raw = [stats.ttest_rel([100 * x for x in accs[c.a]], [100 * x for x in accs[c.b]]).pvalue
+           for c in claims[:2]]
+    assert [r.p for r in results[:2]] == pytest.approx(raw)
+    assert all(r.paired for r in results)
+    adjusted = holm([r.p for r in results])
+    assert [r.p_adjusted for r in results] == pytest.approx(adjusted)
+    for r in results:
+        if r.p_adjusted >= 0.05:  # inconclusive: detectable effect and seeds needed reported
+            assert r.verdict == "inconclusive"
+            assert r.detectable == pytest.approx(detectable_effect(r.sd, 4))
+            assert r.seeds_needed == seeds_needed(abs(r.diff) if r.claim.direction == "better"
+                                                  else 0.5 - abs(r.diff), r.sd)
+        else:
+            assert r.verdict in ("supported", "contradicted") and math.isnan(r.detectable)
+
+
+def test_an_unadjusted_success_can_be_inconclusive_after_adjustment():
+    base = [0.90, 0.91, 0.92, 0.93, 0.94]
+    curves = {"b": [curve([v], [1]) for v in base]}
+    seeds = {"b": list(range(5))}
+    claims = []
+    for k in range(20):  # one real but small effect among many nulls
+        name = f"m{k}"
+        noise = [0.004, -0.003, 0.005, -0.004, 0.002] if k else [0.008, 0.002, 0.006, 0.001, 0.004]
+        curves[name] = [curve([v + e], [1]) for v, e in zip(base, noise)]
+        seeds[name] = list(range(5))
+        claims.append(Claim("p", f"{name} beats b", name, "b"))
+    results = evaluate_claims(claims, curves, epochs=1, seeds=seeds)
+    first = results[0]
+    assert first.p < 0.05 and first.p_adjusted == pytest.approx(holm([r.p for r in results])[0])
+    assert first.p_adjusted >= 0.05 and first.verdict == "inconclusive"
+    assert first.detectable > first.diff > 0 and first.seeds_needed > 5
+
+
+def test_the_claims_compare_what_the_papers_compare():
+    pairs = {(c.paper.split()[0], c.a, c.b) for c in CLAIMS}
+    assert ("Ida", "tso-alra", "sgd") in pairs and ("Ida", "tso-alra", "sgdm") not in pairs
+    assert ("Wu", "sgdl", "sgd") in pairs and ("Wu", "sgdl", "sgdm") in pairs
+    assert ("Granziol", "gadam-auto", "gadam") in pairs
+    # the small-lr arm of SGDL's claim is tuned on the small grid, below SGDL's lr
+    sgd, sgdl = polyak.recipes.parse("sgd").tuning, polyak.recipes.parse("sgdl").tuning
+    assert max(sgd.grid["lr"]) * 10 <= min(sgdl.grid["lr"]) * max(
+        polyak.recipes.parse("sgdm").tuning.grid["lr"])
+    assert sgdl.shares == "sgdm" and min(sgdl.grid["lr"]) >= 10

@@ -100,21 +100,35 @@ def test_bench_then_rerun_then_report(capsys, tmp_path, tiny):
     assert "| sgd |" in stdout and "2 |" in stdout
 
 
-def test_tune_writes_the_json(capsys, tmp_path, tiny):
+def test_tune_writes_the_json_and_bench_reads_it(capsys, tmp_path, tiny):
     out = tmp_path / "tuned.json"
-    code, stdout, err = run(capsys, "tune", "--task", "tiny", "--methods", "sgd", "--grid",
-                            "0.1,1", "--epochs", "1", "--workers", "1", "--store",
+    code, stdout, err = run(capsys, "tune", "--task", "tiny", "--methods", "sgd,swa",
+                            "--trials", "2", "--epochs", "1", "--workers", "1", "--store",
                             str(tmp_path / "t.sqlite"), "--out", str(out), "--no-progress")
     assert code == 0, err
     data = json.loads(out.read_text())
-    assert set(data["lr"]) == {"sgd"} and data["commands"][0].startswith("polyak tune")
-    assert "sgd: lr" in stdout
+    assert set(data["tuned"]) == {"sgd", "sgdm", "swa"} and data["shared"] == {"swa": "sgdm"}
+    assert data["commands"][0].startswith("polyak tune") and len(data["scores"]["sgd"]) == 2
+    assert "sgd: lr=" in stdout and "(from sgdm)" in stdout
+    code, stdout, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "swa", "--seeds",
+                            "1", "--epochs", "1", "--workers", "1", "--tuned", str(out),
+                            "--store", str(tmp_path / "b.sqlite"), "--out",
+                            str(tmp_path / "rep"), "--no-progress")
+    assert code == 0, err
+    with Store(tmp_path / "b.sqlite") as store:
+        (row,) = store.runs()
+        assert json.loads(row["config"])["overrides"] == data["tuned"]["swa"]
 
 
-def test_tune_bad_grid(capsys, tmp_path, tiny):
-    code, _, err = run(capsys, "tune", "--task", "tiny", "--grid", "0.1,abc", "--store",
-                       str(tmp_path / "t.sqlite"))
-    assert_one_line_error(code, err, "Invalid grid")
+def test_tune_never_writes_into_the_package_and_bench_needs_the_tuned_file(capsys, tmp_path,
+                                                                          tiny):
+    from polyak.bench.tasks import TUNED_DIR
+
+    code, _, err = run(capsys, "tune", "--task", "tiny", "--methods", "sgd", "--out",
+                       str(TUNED_DIR / "x.json"), "--store", str(tmp_path / "t.sqlite"))
+    assert_one_line_error(code, err, "Invalid out")
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--tuned", str(tmp_path / "none"))
+    assert_one_line_error(code, err, "Invalid tuned")
 
 
 def test_split_specs_keeps_overrides_together():

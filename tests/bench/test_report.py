@@ -36,6 +36,27 @@ def runs_by_method():
     return out
 
 
+def test_runs_with_seeds_are_compared_paired_over_the_common_seeds():
+    data = runs_by_method()
+    for runs in data.values():
+        for seed, run in enumerate(runs):
+            run["seed"] = seed
+    data["swa"][2]["seed"] = 7  # sgdm has no seed 7: two common seeds
+    rep = task_report("t", 4, "desc", data, claims=[Claim("P", "swa beats sgdm", "swa", "sgdm")])
+    swa = {r.method: r for r in rep.rows}["swa"]
+    a, b = [100 * x for x in FINAL_ACC["swa"][:2]], [100 * x for x in FINAL_ACC["sgdm"][:2]]
+    ref = stats.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert swa.vs_baseline.paired and swa.vs_baseline.n_a == 2
+    assert swa.vs_baseline.p == pytest.approx(ref.pvalue)
+    assert (swa.vs_baseline.low, swa.vs_baseline.high) == (pytest.approx(ci.low),
+                                                           pytest.approx(ci.high))
+    claim = rep.claims[0]
+    assert claim.paired and claim.p == pytest.approx(ref.pvalue)
+    assert claim.p_adjusted == pytest.approx(ref.pvalue)  # a table of one claim
+    assert claim.verdict == ("supported" if ref.pvalue < 0.05 else "inconclusive")
+
+
 def test_rows_against_numpy_and_scipy():
     data = runs_by_method()
     rep = task_report("t", 4, "desc", data, claims=[Claim("p", "SWA beats SGDM", "swa", "sgdm")])
@@ -52,7 +73,7 @@ def test_rows_against_numpy_and_scipy():
     assert swa.baseline == "sgdm"
     ref = stats.ttest_ind([100 * a for a in FINAL_ACC["swa"]],
                           [100 * a for a in FINAL_ACC["sgdm"]], equal_var=False)
-    assert swa.vs_baseline.p == pytest.approx(ref.pvalue)
+    assert swa.vs_baseline.p == pytest.approx(ref.pvalue)  # runs without seeds: Welch
     pwa = rows["pwa"]
     assert (pwa.complete, pwa.diverged) == (3, 1)  # the diverged run is not averaged in
     assert pwa.acc_mean == pytest.approx(100 * np.mean(FINAL_ACC["pwa"]))

@@ -42,8 +42,19 @@ def test_tuned_lrs_are_read_from_the_json(tmp_path):
     path.write_text(json.dumps({"lr": {"sgdm": 0.05, "gadamx": "0.1"}}))
     assert task.tuned_lrs() == {"sgdm": 0.05, "gadamx": 0.1}
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="Invalid tuned learning-rate file"):
+    with pytest.raises(ValueError, match="Invalid tuned hyper-parameter file"):
         task.tuned_lrs()
+
+
+def test_tuned_values_of_the_tuner_format(tmp_path):
+    path = tmp_path / "t.json"
+    task = get_task("mnist1d-cnn").replace(tuned_path=path)
+    path.write_text(json.dumps({"epochs": 40, "tuned": {
+        "tso-alra": {"lr": 0.1, "switch_epoch": 6}, "adam": {"lr": 0.01, "beta1": 0.99}}}))
+    assert task.tuned_values() == {"tso-alra": {"lr": 0.1, "switch_epoch": 6},
+                                   "adam": {"lr": 0.01, "beta1": 0.99}}
+    assert task.tuned_values(20)["tso-alra"] == {"lr": 0.1, "switch_epoch": 3}
+    assert task.tuned_lrs() == {"tso-alra": 0.1, "adam": 0.01}
 
 
 def test_shipped_tuned_files_name_real_recipes():
@@ -54,8 +65,11 @@ def test_shipped_tuned_files_name_real_recipes():
         if path.exists():
             data = json.loads(path.read_text())
             assert data["task"] == task.name and data["commands"]
-            assert set(data["lr"]) <= names
-            assert all(lr > 0 for lr in data["lr"].values())
+            values = task.tuned_values()
+            assert set(values) <= names
+            for method, hps in values.items():
+                assert set(hps) <= set(polyak.recipes.parse(method).defaults), method
+                assert hps.get("lr", 1) > 0
 
 
 def test_task_is_frozen():

@@ -90,6 +90,7 @@ def test_tuned_lr_is_applied_unless_the_spec_sets_lr(tiny_task, tmp_path):
     assert resolve_overrides(task, "sgd:lr=0.2") == {}
     assert resolve_overrides(task, "sgd:weight_decay=0,lr=0.2") == {}
     assert resolve_overrides(task, "sgdm") == {}
+    assert resolve_overrides(task, "sgd+ema") == {"lr": 0.05}  # a composition shares its base's
     assert train_run(task, "sgd", seed=0, epochs=1).records[0]["lr"] == 0.05
     assert train_run(task, "sgd:lr=0.2", seed=0, epochs=1).records[0]["lr"] == 0.2
 

@@ -53,8 +53,13 @@ class SmallCNN(nn.Module):
     """Two 5x5 convolutions and two fully connected layers (vanilla-SGD paper, Sec. 6.3)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-                 hidden: int = 1000, dropout: float = 0.5) -> None:
+                 hidden: int = 1000, dropout: float = 0.5, channels: tuple[int, int] = (10, 20)
+                 ) -> None:
         check_int("num_classes", num_classes)
+        if len(channels) != 2:
+            raise ValueError(f"Invalid channels: {channels!r} (allowed: two integers >= 1)")
+        for c in channels:
+            check_int("channels", c)
         check_int("in_channels", in_channels)
         check_int("hidden", hidden)
         check_int("image_size", image_size, 16)
@@ -62,9 +67,10 @@ class SmallCNN(nn.Module):
             raise ValueError(f"Invalid dropout: {dropout!r} (allowed: 0 <= dropout < 1)")
         super().__init__()
         side = ((image_size - 4) // 2 - 4) // 2
-        self.conv1 = nn.Conv2d(in_channels, 10, 5)
-        self.conv2 = nn.Conv2d(10, 20, 5)
-        self.fc1 = nn.Linear(20 * side * side, hidden)
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(in_channels, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        self.fc1 = nn.Linear(c2 * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = dropout
 
@@ -81,6 +87,10 @@ def alexnet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -
     return AlexNet(num_classes, in_channels, image_size)
 
 
-def small_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> SmallCNN:
-    """Small 2-conv CNN (LeNet-style, vanilla-SGD paper Sec. 6.3): 0.34M parameters on 28x28."""
-    return SmallCNN(num_classes, in_channels, image_size)
+def small_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+              hidden: int = 1000, dropout: float = 0.5, channels: tuple[int, int] = (10, 20)
+              ) -> SmallCNN:
+    """Small 2-conv CNN (LeNet-style, vanilla-SGD paper Sec. 6.3): 0.34M parameters on 28x28
+    (``hidden=1000``, ``channels=(10, 20)``; narrower ones make a cheaper network for CPU
+    budgets)."""
+    return SmallCNN(num_classes, in_channels, image_size, hidden, dropout, tuple(channels))
