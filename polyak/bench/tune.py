@@ -148,6 +148,16 @@ def _score(store: Store, trial: Trial) -> None:
     trial.val_acc, trial.val_loss = sum(accs) / len(accs), sum(losses) / len(losses)
 
 
+def _tell(study: Any, trial: Any, value: float) -> None:
+    """``study.tell``; a ``GridSampler`` whose grid is exhausted calls ``study.stop()``, which
+    Optuna refuses outside ``optimize`` after the trial is stored: that refusal is harmless."""
+    try:
+        study.tell(trial, value)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
 def pick_best(trials: Sequence[Trial]) -> Trial:
     """The trial with the highest mean validation accuracy, then the lowest mean NLL."""
     return max(trials, key=lambda t: (t.val_acc, -t.val_loss))
@@ -171,7 +181,7 @@ def _run_stage(store: Store, task: Task, methods: dict[str, dict[str, list[Any]]
     for method, (study, asked) in studies.items():
         for trial, record in asked:
             _score(store, record)
-            study.tell(trial, record.val_acc)
+            _tell(study, trial, record.val_acc)
         result.trials[method] = [t for _, t in asked]
         result.tuned[method] = dict(pick_best(result.trials[method]).params)
     return True

@@ -91,3 +91,12 @@ def test_a_file_of_another_task_is_not_merged_into(tiny_task, tmp_path):
 
     with pytest.raises(ValueError, match="Invalid out"):
         write_tuned(path, tiny_task, TuneResult({}, {}, {}), 1, 1, "")
+
+
+def test_a_grid_run_whole_is_told_and_written(tiny_task, tmp_path):
+    # the GridSampler stops its study when the grid is exhausted; the driver must carry on
+    with Store(tmp_path / "tune.sqlite") as store:
+        result = tune(store, tiny_task, ["adamw"], epochs=1, workers=1, show_progress=False)
+    assert len(result.trials["adamw"]) == 3  # the whole grid: lr in {1e-4, 1e-3, 1e-2}
+    assert sorted(t.params["lr"] for t in result.trials["adamw"]) == [1e-4, 1e-3, 1e-2]
+    assert result.tuned["adamw"] == pick_best(result.trials["adamw"]).params
