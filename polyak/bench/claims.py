@@ -148,8 +148,8 @@ def _claim_p(claim: Claim, gain_a: list[float], gain_b: list[float], test: stats
         return test.p
     if abs(test.diff) < claim.margin:
         return stats.tost_paired(gain_a, gain_b, claim.margin)
-    if test.n_a < 2 or not test.sd > 0:
-        return math.nan if test.n_a < 2 else 0.0
+    if test.n_a < 2 or not test.sd > 0:  # too few pairs, or no spread to test against
+        return math.nan
     t = (abs(test.diff) - claim.margin) / (test.sd / math.sqrt(test.n_a))
     return float(t_dist.sf(t, test.n_a - 1))
 

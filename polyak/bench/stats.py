@@ -3,8 +3,10 @@
 Runs of two methods with the same seed share the initial weights and the batch order, so a
 comparison is **paired**: the per-seed differences ``d_i = a_i - b_i`` are tested with
 ``scipy.stats.ttest_rel`` (t = mean(d) / (sd(d)/sqrt(n)), df = n - 1) and its
-``confidence_interval``. :func:`welch` (``scipy.stats.ttest_ind(equal_var=False)``) stays for
-unpaired samples (methods without common seeds).
+``confidence_interval``; identical differences (no spread) leave ``t`` and ``p`` undefined
+(NaN: two seeds that happen to differ by the same amount prove nothing). :func:`welch`
+(``scipy.stats.ttest_ind(equal_var=False)``) stays for unpaired samples (methods without common
+seeds).
 
 Equivalence (a claim that ``a`` *matches* ``b`` within ``margin``) is the two one-sided tests
 (TOST, Schuirmann 1987): ``p = max(P(T > t_low), P(T < t_high))`` with
@@ -86,8 +88,8 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> 
     diff, sd = mean_std(d)
     if n < 2:
         return Test(diff, math.nan, math.nan, math.nan, math.nan, math.nan, n, n, sd, True)
-    if sd == 0.0:
-        return _exact(diff, n, n, sd, True)
+    if sd == 0.0:  # identical differences: no spread to test against (t undefined)
+        return Test(diff, diff, diff, math.nan, float(n - 1), math.nan, n, n, sd, True)
     res = _scipy_stats.ttest_rel(a, b)
     ci = res.confidence_interval(confidence)
     return Test(diff, float(ci.low), float(ci.high), float(res.statistic), float(res.df),
@@ -117,8 +119,8 @@ def tost_paired(a: Sequence[float], b: Sequence[float], margin: float) -> float:
     n = test.n_a
     if n < 2 or math.isnan(test.sd):
         return math.nan
-    if test.sd == 0.0:
-        return 0.0 if abs(test.diff) < margin else 1.0
+    if test.sd == 0.0:  # no spread: nothing to test against
+        return math.nan
     se = test.sd / math.sqrt(n)
     p_low = _scipy_stats.t.sf((test.diff + margin) / se, n - 1)
     p_high = _scipy_stats.t.cdf((test.diff - margin) / se, n - 1)
@@ -156,15 +158,20 @@ def power_paired(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
     crit = _scipy_stats.t.ppf(1 - alpha / 2, df)
     nc = abs(delta) * math.sqrt(n) / sd
     value = float(_scipy_stats.nct.sf(crit, df, nc) + _scipy_stats.nct.cdf(-crit, df, nc))
-    return 1.0 if math.isnan(value) and nc > crit else value  # far tail: nct gives NaN
+    if math.isnan(value):  # nct's far tails (df = 1 above all) give NaN: the limit
+        return 1.0 if nc > crit else 0.0
+    return value
 
 
 def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
     """The smallest effect the paired test detects with ``power`` (same unit as ``sd``)."""
     if n < 2 or not sd > 0 or not math.isfinite(sd):
         return math.nan
-    return float(optimize.brentq(lambda d: power_paired(d, sd, n, alpha) - power,
-                                 1e-9 * sd, 100 * sd))
+    try:
+        return float(optimize.brentq(lambda d: power_paired(d, sd, n, alpha) - power,
+                                     1e-9 * sd, 100 * sd))
+    except ValueError:  # no sign change: nothing up to 100 sd is detectable at this n
+        return math.nan
 
 
 def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05,

@@ -89,7 +89,11 @@ def test_paired_matches_a_one_sample_test_of_the_differences(a, b):
 
 
 def test_paired_degenerate_cases():
-    assert paired([2.0, 3.0], [1.0, 2.0]).p == 0.0  # every difference exactly 1
+    same = paired([2.0, 3.0], [1.0, 2.0])  # every difference exactly 1: no spread to test
+    assert same.diff == 1.0 and math.isnan(same.p) and math.isnan(same.t)
+    assert math.isnan(detectable_effect(0.0, 2))
+    # two pairs (df = 1): the noncentral t's far tail is NaN in scipy; the limits are used
+    assert power_paired(50.0, 1.0, 2) == 1.0 and 0 < detectable_effect(0.5, 2) < 50
     assert math.isnan(paired([2.0], [1.0]).p)
 
 
