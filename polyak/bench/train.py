@@ -39,6 +39,7 @@ are not reproducible bit for bit (cuDNN picks its kernels).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -276,8 +277,28 @@ def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
 def run_config(task: Task, spec: str, epochs: int | None = None) -> str:
     """The canonical JSON of a run's config: the task's and the tuned overrides the bench
     applies at ``epochs`` (part of the run's identity in the store and in its checkpoints)."""
-    config = {"task": task.config(), "overrides": resolve_overrides(task, spec, epochs)}
+    config = {"task": task.config(), "overrides": resolve_overrides(task, spec, epochs),
+              "recipe": recipe_config(spec)}
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def recipe_config(spec: str) -> dict[str, Any]:
+    """What a recipe runs with, as JSON: base, averaging and every hyper-parameter's default or
+    override (a budget rule by its kind and numbers, without its provenance text), so a run
+    stored before a default changed is not taken for one made with the new default."""
+    rec = polyak.recipes.parse(spec)
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {"rule": type(value).__name__,
+                    **{f.name: plain(getattr(value, f.name))
+                       for f in dataclasses.fields(value) if f.name != "source"}}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+    values = {k: plain(v) for k, v in {**rec.defaults, **rec.overrides}.items()}
+    return {"base": rec.base, "averaging": rec.averaging, "hyperparameters": values}
 
 
 def run_identity(task: Task, spec: str, seed: int, epochs: int) -> dict[str, Any]:

@@ -129,3 +129,28 @@ def test_sparse_curves_equal_every_epoch_evaluation_at_their_points(tiny_task):
                     {k: v for k, v in b.items() if not k.startswith(("val", "test"))}
                 assert all(b[k] is None for k in ("val_loss", "val_acc", "test_loss",
                                                   "test_acc")), (spec, epoch)
+
+
+def test_run_identity_changes_when_a_recipe_default_changes(tiny_task, monkeypatch):
+    """A run stored under an old default must not be taken for a run with the new one."""
+    import dataclasses
+
+    import polyak.recipes as recipes
+    from polyak.bench.train import run_config
+
+    before = json.loads(run_config(tiny_task, "sgd+ema", 4))
+    assert before["recipe"]["hyperparameters"]["ema_warmup"] is True
+    assert before["recipe"]["averaging"] == "ema"
+    parse = recipes.parse
+
+    def parse_with_old_default(spec):
+        rec = parse(spec)
+        return dataclasses.replace(rec, defaults={**rec.defaults, "ema_warmup": False})
+
+    monkeypatch.setattr(recipes, "parse", parse_with_old_default)
+    after = json.loads(run_config(tiny_task, "sgd+ema", 4))
+    assert after["recipe"]["hyperparameters"]["ema_warmup"] is False
+    assert after != before
+    # budget rules enter by their numbers, not their provenance text
+    rule = json.loads(run_config(tiny_task, "tso-alra", 4))["recipe"]["hyperparameters"]
+    assert rule["switch_epoch"]["rule"] == "OfBudget" and "source" not in rule["switch_epoch"]
