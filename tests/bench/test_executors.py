@@ -129,18 +129,17 @@ def test_a_killed_ray_worker_is_retried_and_gives_the_uninterrupted_result(
 
 @pytest.mark.slow
 def test_tuning_through_ray_picks_what_the_local_pool_picks(ray_cluster, tiny_task, tmp_path):
-    from polyak.bench.tune import tune, tune_jobs
+    from polyak.bench.tune import tune
 
-    grid = [0.1, 1.0]
     found = {}
     for name, executor in (("local", None), ("ray", RayExecutor())):
-        task = tiny_task.replace(tuned_path=tmp_path / f"{name}.json")
-        plan = tune_jobs(task, ["sgd"], grid, seeds=1, epochs=1)
         with Store(tmp_path / f"{name}.sqlite") as store:
-            result = tune(store, task, plan, grid, 1, 1, workers=1 if executor is None else None,
-                          out=tmp_path / f"{name}.json", show_progress=False, max_extend=0,
+            result = tune(store, tiny_task, ["sgd"], epochs=1, seeds=1, trials=2,
+                          workers=1 if executor is None else None, show_progress=False,
                           executor=executor)
-            found[name] = (result.lrs, result.scores, contents(store))
+            scores = {t.spec: (t.val_acc, t.val_loss) for t in result.trials["sgd"]}
+            found[name] = (result.tuned, scores, contents(store))
+    assert len(found["local"][1]) == 2  # both trials ran and were scored
     assert found["ray"] == found["local"]
 
 
