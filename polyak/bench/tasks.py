@@ -173,8 +173,9 @@ class Task:
 # (25 methods x 3 seeds) took 4 min 33 s on 2 idle cores (2026-11-30).
 _CNN_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), 1-D CNN of the MNIST-1D paper with "
-    "BatchNorm (5.4k params), 40 epochs of batch 128 (32 steps), val and test of the reported weights (BN "
-    "recalibrated on all training data) at 10 evenly spaced epochs; ~6 s/run on 1 CPU"
+    "BatchNorm (5.4k params), 40 epochs of batch 128 (32 steps), val and test of the "
+    "reported weights (BN recalibrated on all training data) at 10 evenly spaced epochs; "
+    "~6 s/run on 1 CPU"
 )
 _MLP_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), MLP 40-100-100-10 of the MNIST-1D paper "
