@@ -170,3 +170,22 @@ def gather_adam_state(
         exp_avg_sqs.append(state["exp_avg_sq"])
         steps.append(state["step"])
     return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+
+
+class KeepsPathChoice:
+    """Mixin of the Adam-type optimizers: a checkpoint moves between the single-tensor, foreach
+    and fused paths. ``load_state_dict`` restores state and hyper-parameters but keeps this
+    instance's ``foreach``/``fused`` choice; unpickling a checkpoint from before ``fused``
+    existed defaults it to ``None``."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore state and hyper-parameters; ``foreach`` and ``fused`` stay this instance's."""
+        modes = [(group["foreach"], group["fused"]) for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (foreach, fused) in zip(self.param_groups, modes):
+            group["foreach"], group["fused"] = foreach, fused
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)  # checkpoints and pickles from before fused

@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from polyak.optim import _compiled
 from polyak.optim._carry import Carried, CarriesAverage
 from polyak.optim._functional import (
+    KeepsPathChoice,
     by_device_and_dtype,
     check,
     check_betas,
@@ -61,7 +62,7 @@ def _check_fused(p: Tensor) -> None:
                          f"got {p.dtype} on {p.device}")
 
 
-class AdaBound(CarriesAverage, Optimizer):
+class AdaBound(KeepsPathChoice, CarriesAverage, Optimizer):
     """AdaBound (``amsbound=False``) or AMSBound (``amsbound=True``); see the module docstring.
 
     State per parameter: ``step`` (float tensor), ``exp_avg``, ``exp_avg_sq`` and, with
@@ -104,18 +105,6 @@ class AdaBound(CarriesAverage, Optimizer):
         if group["fused"]:
             for p in group["params"]:
                 _check_fused(p)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore state and hyper-parameters; ``foreach`` and ``fused`` stay this instance's."""
-        modes = [(group["foreach"], group["fused"]) for group in self.param_groups]
-        super().load_state_dict(state_dict)
-        for group, (foreach, fused) in zip(self.param_groups, modes):
-            group["foreach"], group["fused"] = foreach, fused
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)  # checkpoints and pickles from before fused
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         return gather_adam_state(self, group, "AdaBound", "amsbound")

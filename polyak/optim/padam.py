@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 from polyak.optim import _compiled
 from polyak.optim._carry import Carried, CarriesAverage
 from polyak.optim._functional import (
+    KeepsPathChoice,
     by_device_and_dtype,
     check,
     check_betas,
@@ -113,7 +114,7 @@ def _check_fused(p: Tensor) -> None:
                          f"view); got shape {tuple(p.shape)}, strides {p.stride()}")
 
 
-class Padam(CarriesAverage, Optimizer):
+class Padam(KeepsPathChoice, CarriesAverage, Optimizer):
     """Partially adaptive Adam: ``partial=0.5`` is AdamW (Adam with
     ``decoupled_weight_decay=False``), ``partial=1/8, amsgrad=True`` is GadamX's base optimizer.
     See the module docstring for the rule.
@@ -168,17 +169,8 @@ class Padam(CarriesAverage, Optimizer):
             for p in group["params"]:
                 _check_fused(p)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore state and hyper-parameters; ``foreach`` and ``fused`` stay this instance's."""
-        modes = [(group["foreach"], group["fused"]) for group in self.param_groups]
-        super().load_state_dict(state_dict)
-        for group, (foreach, fused) in zip(self.param_groups, modes):
-            group["foreach"], group["fused"] = foreach, fused
-
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)  # checkpoints and pickles from before fused
+        super().__setstate__(state)  # KeepsPathChoice defaults fused
         for p, s in self.state.items():
             step = s.get("step")
             if isinstance(step, Tensor) and (not step.is_cpu or step.dtype != torch.float32):
