@@ -1,16 +1,9 @@
 import pytest
+from cli_run import run
 
 import polyak.cli.analysis  # noqa: F401  (registers the commands on the app)
-from polyak.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_igd_prints_bounds_and_writes_png(capsys, tmp_path):

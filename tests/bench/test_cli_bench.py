@@ -4,11 +4,11 @@ import json
 import sqlite3
 
 import pytest
+from cli_run import run
 
 import polyak.cli.bench  # noqa: F401  (registers the commands until polyak.cli imports it)
 from polyak.bench.store import SCHEMA_VERSION, Store
 from polyak.bench.tasks import TASKS
-from polyak.cli import main
 from polyak.cli.bench import split_specs
 
 
@@ -17,13 +17,6 @@ def tiny(tiny_task, monkeypatch):
     task = tiny_task.replace(name="tiny")
     monkeypatch.setitem(TASKS, "tiny", task)
     return task
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 def assert_one_line_error(code, err, needle):

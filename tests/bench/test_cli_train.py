@@ -9,11 +9,11 @@ import sys
 import time
 
 import pytest
+from cli_run import run
 
 import polyak.cli.train  # noqa: F401  (registers the command)
 from polyak.bench.tasks import TASKS
 from polyak.bench.train import train_run
-from polyak.cli import main
 
 
 @pytest.fixture
@@ -21,13 +21,6 @@ def tiny(tiny_mlp_task, monkeypatch):
     task = tiny_mlp_task.replace(name="tiny")
     monkeypatch.setitem(TASKS, "tiny", task)
     return task
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 def test_train_prints_the_bench_run_as_json(capsys, tmp_path, tiny):
