@@ -85,21 +85,44 @@ def grads_finite(params: list[Tensor], norm: Tensor | None = None,
     """Whether every gradient entry (and ``loss``, when given) is finite: one device sync.
 
     ``norm``: a norm of all the gradients already computed (by clipping); it is finite exactly
-    when every entry is, so it stands for them. Checks the sum of the per-tensor norms
-    otherwise (one multi-tensor kernel)."""
+    when every entry is, so it stands for them. Otherwise one multi-tensor kernel per device
+    checks the dense real gradients: torch's AMP overflow check
+    (``_amp_foreach_non_finite_check_and_unscale_`` with the scale 1, which leaves every
+    gradient bit unchanged); the others (sparse, complex) are checked one by one."""
     parts: list[Tensor] = []
     if norm is not None:
-        parts.append(norm.detach().float().reshape(1))
+        parts.append(torch.isfinite(norm.detach().float().reshape(1)))
     elif params:
-        norms = torch._foreach_norm([p.grad for p in params])
-        device = norms[0].device
-        parts.append(torch.stack([n.to(device, torch.float32) for n in norms]).sum().reshape(1))
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for p in params:
+            by_device.setdefault(p.grad.device, []).append(p.grad)
+        for device, grads in by_device.items():
+            parts.append(_finite_on(device, grads))
     if loss is not None:
-        device = parts[0].device if parts else loss.device
-        parts.append(loss.detach().float().reshape(1).to(device))
+        parts.append(torch.isfinite(loss.detach().float().reshape(1)))
     if not parts:
         return True
-    return bool(torch.isfinite(torch.cat(parts)).all())
+    device = parts[0].device
+    return bool(torch.cat([part.to(device) for part in parts]).all())
+
+
+_AMP_CHECK_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@torch.no_grad()
+def _finite_on(device: torch.device, grads: list[Tensor]) -> Tensor:
+    """A one-element bool tensor on ``device``: all of ``grads`` (on ``device``) are finite."""
+    dense = [g for g in grads if g.layout == torch.strided and g.dtype in _AMP_CHECK_DTYPES]
+    found = torch.zeros(1, device=device)
+    if dense:
+        torch._amp_foreach_non_finite_check_and_unscale_(dense, found,
+                                                         torch.ones(1, device=device))
+    flags = [found == 0]
+    for g in grads:  # the rest (sparse, complex): one reduction each
+        if g.layout != torch.strided or g.dtype not in _AMP_CHECK_DTYPES:
+            values = g.coalesce().values() if g.is_sparse else g
+            flags.append(torch.isfinite(values).all().reshape(1))
+    return torch.cat(flags).all().reshape(1) if len(flags) > 1 else flags[0]
 
 
 class Accumulation:

@@ -391,3 +391,45 @@ def test_fp16_autocast_with_grad_scaler_on_cuda_equals_the_torch_amp_recipe():
         scaler.update()
     assert_same(model, ref)
     assert method.scaler.get_scale() == scaler.get_scale()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), float("-inf")])
+def test_grads_finite_agrees_with_isfinite_and_leaves_the_gradients_alone(dtype, bad):
+    """The one-kernel check equals ``torch.isfinite`` on every entry, wherever the bad value
+    sits, and leaves every gradient bit as it was (the AMP check's scale is 1)."""
+    from polyak.loop import grads_finite
+
+    for where in range(3):
+        params = [torch.zeros(s, dtype=dtype, requires_grad=True) for s in ((3, 4), (5,), (2,))]
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape).to(dtype)
+            if bad is not None and i == where:
+                p.grad.view(-1)[-1] = bad
+        before = [p.grad.clone() for p in params]
+        expected = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        assert grads_finite(params) is expected
+        assert expected is (bad is None)
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[before[0].element_size()]
+        for p, g in zip(params, before):
+            assert torch.equal(p.grad.view(bits), g.view(bits))
+        loss = torch.tensor(float("nan"))
+        assert grads_finite(params, loss=loss) is False
+        assert grads_finite(params, norm=torch.tensor(bad if bad is not None else 1.0)) is expected
+
+
+def test_grads_finite_checks_sparse_and_complex_gradients_too():
+    """Gradients the AMP check does not take (sparse, complex) are checked one by one."""
+    from polyak.loop import grads_finite
+
+    emb = nn.Embedding(10, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    z = torch.zeros(2, dtype=torch.complex64, requires_grad=True)
+    z.grad = torch.tensor([1 + 1j, 2 - 1j], dtype=torch.complex64)
+    assert grads_finite([emb.weight, z]) is True
+    z.grad[1] = complex(float("nan"), 0.0)
+    assert grads_finite([emb.weight, z]) is False
+    z.grad[1] = 0
+    emb.weight.grad = torch.sparse_coo_tensor([[0]], torch.tensor([[float("inf"), 0, 0]]),
+                                              (10, 3))
+    assert grads_finite([emb.weight, z]) is False

@@ -143,3 +143,34 @@ def test_phase_lengths_cover_the_budget(epochs, fractions):
     lengths = phase_lengths(epochs, fractions)
     assert sum(lengths) == epochs and min(lengths) >= 1
     assert len(lengths) == min(epochs, len(fractions))
+
+
+@pytest.mark.parametrize("name, fused", [("sgdm", True), ("sam", True), ("adam", True),
+                                         ("adamw", True), ("gadamx", False), ("lookahead", True)])
+def test_recipes_run_torch_fused_kernels_equal_to_the_default_ones(name, fused):
+    """On the CPU the recipes pick torch's fused SGD/Adam kernels (not Padam at partial 1/8,
+    whose fused path compiles); 20 steps equal the default kernels' to float32 rounding."""
+    from polyak._recipe_parts import fused_kernels
+
+    def run(force_default):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        method = polyak.recipe(name, model, epochs=2, steps_per_epoch=10)
+        opt = method.optimizer
+        inner = getattr(opt, "base_optimizer", None) or getattr(opt, "optimizer", None) or opt
+        assert bool(inner.defaults.get("fused")) is fused
+        if force_default:
+            for group in inner.param_groups:
+                group["fused"] = None
+        x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+        for _ in range(20):
+            method.step(lambda: nn.functional.cross_entropy(model(x), y))
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert fused_kernels(nn.Linear(2, 2).to(torch.float16)) is True
+    strided = nn.Module()
+    strided.w = nn.Parameter(torch.randn(4, 8)[:, ::2])  # a view that is not dense in memory
+    assert fused_kernels(strided) is False
+    assert fused_kernels(nn.ReLU()) is False  # no parameters

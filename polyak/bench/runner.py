@@ -110,16 +110,22 @@ def default_methods() -> tuple[list[str], list[tuple[str, str]]]:
     return ok, missing
 
 
-def _check_spec(task: Task, spec: str, epochs: int) -> None:
-    """Build the recipe once on a fresh model: unknown names/keys/values raise here."""
+def _check_spec(task: Task, spec: str, epochs: int) -> int:
+    """Build the recipe once on a fresh model: unknown names/keys/values raise here. Returns
+    the forward-backward passes per step (2 for SAM, else 1), the run's relative cost."""
     splits = task.load()
-    build_method(task, spec, make_model(task, splits), epochs, steps_per_epoch(task, splits))
+    method = build_method(task, spec, make_model(task, splits), epochs,
+                          steps_per_epoch(task, splits))
+    return 2 if method._is_sam() else 1
 
 
 def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | None = None,
               epochs: int | None = None, checkpoints: CheckpointPolicy | None = None,
               resume: ResumePolicy | None = None) -> list[Job]:
     """Every (task, method, seed) job, seed-major; ``None`` means the task's default.
+
+    Within a seed the costlier runs (SAM's two passes per step) come first, so that the grid
+    does not end with one worker finishing a long run while the others wait.
 
     ``methods=None`` means the available paper methods. Every spec is validated (and every
     task's data generated) before anything runs, so bad input fails before the store is touched.
@@ -134,11 +140,11 @@ def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | 
     jobs = []
     for task in tasks:
         n_epochs = task.epochs if epochs is None else epochs
-        for spec in specs:
-            _check_spec(task, spec, n_epochs)
+        cost = {spec: _check_spec(task, spec, n_epochs) for spec in specs}
+        ordered = sorted(specs, key=lambda spec: -cost[spec])  # stable: else as given
         n_seeds = task.seeds if seeds is None else seeds
         jobs += [Job(task, spec, seed, n_epochs, checkpoints, resume)
-                 for seed in range(n_seeds) for spec in specs]
+                 for seed in range(n_seeds) for spec in ordered]
     return jobs
 
 

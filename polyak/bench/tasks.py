@@ -213,10 +213,11 @@ TASKS: dict[str, Task] = {
     "mnist1d-cnn": Task(
         name="mnist1d-cnn", description=_CNN_BUDGET, data=load_mnist1d, model="mnist1d-cnn",
         batch_size=128, epochs=40, model_kwargs={"channels": 25, "batchnorm": True},
+        eval_batch_size=1000,  # 1000 examples' activations fit a core's cache: ~1.5x 5000's speed
     ),
     "mnist1d-mlp": Task(
         name="mnist1d-mlp", description=_MLP_BUDGET, data=load_mnist1d, model="mnist1d-mlp",
-        batch_size=128, epochs=60, model_kwargs={"hidden": 100},
+        batch_size=128, epochs=60, model_kwargs={"hidden": 100}, eval_batch_size=1000,
     ),
     "fmnist-cnn": Task(
         name="fmnist-cnn", description=_FMNIST, data=load_fashion_mnist, model="small-cnn",

@@ -27,7 +27,7 @@ and raw-v AMSGrad maximum as above. Passing ``eps_k = eps/sqrt(bc2)`` gives Pada
 (normally one per device and dtype). Same values as the other paths up to rounding (the kernel
 orders the arithmetic differently); the same state, so checkpoints move between the paths.
 
-``fused=True`` with any other ``partial`` (or with a carried average) runs the rule above as one
+``fused=True`` with any other ``partial`` runs the rule above as one
 ``torch.compile``d kernel per tensor (:mod:`polyak.optim._compiled`), the power written as square
 roots for ``2*partial`` in {1/2, 1/4, 1/8}; same state, same values up to rounding.
 """
@@ -130,8 +130,9 @@ class Padam(KeepsPathChoice, CarriesAverage, Optimizer):
     in torch.optim: the compile time outweighs the gain in short runs of small models (the
     default benchmark's), see ``benchmarks/optim_step.py`` for large ones.
 
-    ``carry_average(avg)`` folds an EMA (or a Uniform collecting every n steps) into the fused
-    step: the kernel moves the average toward the new weights while they are in registers
+    ``carry_average(avg)`` folds an EMA (or a Uniform collecting every n steps) into the
+    compiled fused step (``partial != 0.5``; at 0.5 torch's kernel runs and the average collects
+    by itself): the kernel moves the average toward the new weights while they are in registers
     (:mod:`polyak.optim._carry`); the average is the one ``avg.step()`` would compute.
 
     State per parameter: ``step`` (CPU float32 tensor, as torch.optim's non-fused paths),
@@ -180,6 +181,15 @@ class Padam(KeepsPathChoice, CarriesAverage, Optimizer):
                 if isinstance(p, Tensor) and v is not None and _is_dense(p) \
                         and not _same_layout(p, v):
                     s[key] = torch.empty_like(p).copy_(v)  # p's memory order, for fused
+
+    def _carry(self, groups: list[tuple[dict[str, Any], tuple[list[Tensor], ...]]]
+               ) -> Carried | None:
+        # partial=0.5 runs torch's own fused kernel, which cannot carry an average; carrying
+        # would swap it for a compiled kernel (a compile that short runs never win back), so
+        # the average collects by itself there
+        if any(g["partial"] == 0.5 for g, t in groups if t[0]):
+            return None
+        return super()._carry(groups)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         return gather_adam_state(self, group, "Padam", "amsgrad",

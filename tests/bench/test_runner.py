@@ -29,6 +29,15 @@ def test_plan_is_seed_major_and_validated(tiny_task):
     assert len(plan_grid([tiny_task], ["sgd"])) == tiny_task.seeds
 
 
+def test_plan_puts_the_two_pass_runs_first_within_each_seed(tiny_task):
+    """SAM's runs cost two forward-backward passes a step: first in each seed, the rest in the
+    order given, so the grid's tail is short runs."""
+    jobs = plan_grid([tiny_task], ["sgd", "sam", "sgdm", "sam-avg"], seeds=2, epochs=1)
+    assert [(j.spec, j.seed) for j in jobs] == [
+        ("sam", 0), ("sam-avg", 0), ("sgd", 0), ("sgdm", 0),
+        ("sam", 1), ("sam-avg", 1), ("sgd", 1), ("sgdm", 1)]
+
+
 @pytest.mark.parametrize("methods,seeds,epochs,match", [
     (["no-such-method"], 1, 1, "no-such-method"),
     (["sgdm:no_such_key=1"], 1, 1, "no_such_key"),
