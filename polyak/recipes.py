@@ -151,7 +151,7 @@ _GADAM = "Granziol, Wan et al., Gadam"
 _ASGD = "Nitanda et al., averaged SGD and SAM"
 _SMALL_SGD = (1e-3, 1e-2, 5e-2, 1e-1)   # SGDL App. A.3.1 (SGD and SGDM)
 _ADAM_LRS = (1e-1, 1e-2, 1e-3, 1e-4)    # TSO-ALRA Sec. V (Adam, AMSGrad)
-_SWITCH = tuple(OfBudget(k / 164, f"epoch {k} of the paper's 164") for k in (5, 10, 25))
+_SWITCH = tuple(OfBudget(k / 164, f"epoch {k} of the paper's 164") for k in range(5, 80, 5))
 
 
 def _shares(name: str, **scale: float) -> Tuning:
@@ -175,8 +175,10 @@ _TABLE: dict[str, tuple[str, str | None, dict[str, Any], str, str, Tuning]] = {
     "adam": ("adam", None, {}, "", _TSO, _ADAM_TUNING),
     "amsgrad": ("amsgrad", None, {}, "", _TSO, _ADAM_TUNING),
     "adamw": ("adamw", None, {}, "", _GADAM,
-              Tuning({"lr": (1e-4, 1e-3, 1e-2)},
-                     protocol=f"{_GADAM} App.: the base's lr (weight decay not tuned here)")),
+              Tuning({"lr": (1e-4, 1e-3, 1e-2), "weight_decay": (0.1, 0.25, 1.0)},
+                     protocol=f"{_GADAM} App.: the base's lr, and its decoupled weight decay "
+                     "in 0.1..1 (the paper's 1e-4..1e-3 per unit of the initial lr 1e-3); "
+                     "one joint grid instead of the paper's lr-then-decay order")),
     "padam": ("padam", None, {}, "", _GADAM,
               Tuning({"lr": (1e-3, 1e-2, 1e-1)},
                      protocol=f"{_GADAM} App.: Padam on SGD's grid 0.001..0.1")),
@@ -189,8 +191,8 @@ _TABLE: dict[str, tuple[str, str | None, dict[str, Any], str, str, Tuning]] = {
     "asam": ("asam", None, {}, "", _ASGD, _shares("sgdm")),
     "tso-alra": ("tso-alra", None, {}, "", _TSO,
                  Tuning({"lr": (1e-1, 1e-2, 1e-3), "switch_epoch": _SWITCH},
-                        protocol=f"{_TSO} Sec. V: lr in 1e-1..1e-3, switch epoch (5..75 of 164; "
-                        "here 5, 10, 25 of 164, scaled to the budget)")),
+                        protocol=f"{_TSO} Sec. V: lr in 1e-1..1e-3, switch epoch in 5, 10, "
+                        "..., 75 of 164, scaled to the budget")),
     "schedule-free-adamw": ("schedule-free-adamw", None, {}, "", "Defazio et al. (reference)",
                             Tuning({"lr": (2.5e-4, 2.5e-3, 2.5e-2)},
                                    protocol="reference method: lr 0.1x..10x its default")),

@@ -29,9 +29,12 @@ def test_plan_adds_the_recipes_a_method_shares_its_tuning_with():
 
 def test_grids_are_the_papers_scaled_to_the_budget():
     assert grid_of("sgd", 40, 32) == {"lr": [1e-3, 1e-2, 5e-2, 1e-1]}
-    tso = grid_of("tso-alra", 40, 32)  # switch epochs 5, 10, 25 of 164 -> 1, 2, 6 of 40
-    assert tso == {"lr": [0.1, 0.01, 0.001], "switch_epoch": [1, 2, 6]}
-    assert grid_of("tso-alra", 164, 391)["switch_epoch"] == [5, 10, 25]
+    tso = grid_of("tso-alra", 40, 32)  # switch epochs 5, 10, ..., 75 of 164, scaled to 40
+    expected = list(dict.fromkeys(max(1, round(k * 40 / 164)) for k in range(5, 80, 5)))
+    assert tso == {"lr": [0.1, 0.01, 0.001], "switch_epoch": expected}
+    assert expected[:3] == [1, 2, 4] and expected[-1] == 18 and len(expected) == 15
+    assert grid_of("tso-alra", 164, 391)["switch_epoch"] == list(range(5, 80, 5))
+    assert grid_of("adamw", 40, 32) == {"lr": [1e-4, 1e-3, 1e-2], "weight_decay": [0.1, 0.25, 1.0]}
     assert grid_of("sgdl", 40, 32, base={"lr": 0.05}) == {"lr": [0.5, 0.55, 0.6, 0.65]}
     with pytest.raises(ValueError, match="relative"):
         grid_of("sgdl", 40, 32)
@@ -96,7 +99,7 @@ def test_a_file_of_another_task_is_not_merged_into(tiny_task, tmp_path):
 def test_a_grid_run_whole_is_told_and_written(tiny_task, tmp_path):
     # the GridSampler stops its study when the grid is exhausted; the driver must carry on
     with Store(tmp_path / "tune.sqlite") as store:
-        result = tune(store, tiny_task, ["adamw"], epochs=1, workers=1, show_progress=False)
-    assert len(result.trials["adamw"]) == 3  # the whole grid: lr in {1e-4, 1e-3, 1e-2}
-    assert sorted(t.params["lr"] for t in result.trials["adamw"]) == [1e-4, 1e-3, 1e-2]
-    assert result.tuned["adamw"] == pick_best(result.trials["adamw"]).params
+        result = tune(store, tiny_task, ["padam"], epochs=1, workers=1, show_progress=False)
+    assert len(result.trials["padam"]) == 3  # the whole grid: lr in {1e-3, 1e-2, 1e-1}
+    assert sorted(t.params["lr"] for t in result.trials["padam"]) == [1e-3, 1e-2, 1e-1]
+    assert result.tuned["padam"] == pick_best(result.trials["padam"]).params
