@@ -150,7 +150,7 @@ def fused_kernels(model: nn.Module) -> bool:
     device torch has fused kernels for. The fused kernels compute the same update as torch's
     default (single-tensor/foreach) ones up to rounding, with the same state (checkpoints move
     between them), and on the CPU take a fraction of the time per step on small models
-    (``benchmarks/optim_step.py --model mnist1d-cnn``)."""
+    (``benchmarks/small_step.py``)."""
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     from polyak.optim.padam import _is_dense

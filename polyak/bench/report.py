@@ -203,6 +203,28 @@ def _claims_markdown(report: TaskReport) -> list[str]:
     return lines
 
 
+def _gain(res: Any) -> str:
+    digits = 2 if res.claim.unit == "pp" else 4
+    return "—" if math.isnan(res.diff) else \
+        f"{res.diff:+.{digits}f} {res.claim.unit} {_ci(res.low, res.high, digits)}"
+
+
+def claims_side_by_side(reports: Sequence[TaskReport]) -> list[str]:
+    """The claims of several tasks in one table: per task the gain of A [95% CI], the
+    Holm-adjusted p (within that task's table) and the verdict."""
+    heads = "".join(f" {r.task}: gain of A [95% CI] | p (Holm) | verdict |" for r in reports)
+    lines = ["| claim |" + heads, "|---|" + "---:|---:|---|" * len(reports)]
+    by_text = [{res.claim.text: res for res in r.claims} for r in reports]
+    for text in dict.fromkeys(res.claim.text for r in reports for res in r.claims):
+        cells = ""
+        for found in by_text:
+            res = found.get(text)
+            cells += " — | — | not in this report |" if res is None else \
+                f" {_gain(res)} | {_p(res.p_adjusted)} | {res.verdict} |"
+        lines.append(f"| {text} |{cells}")
+    return lines
+
+
 def claims_summary(report: TaskReport) -> str:
     """"N supported, N contradicted, N inconclusive (Holm, alpha 0.05)"."""
     counts = {v: sum(r.verdict == v for r in report.claims)
@@ -241,6 +263,10 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
                     ((r.method, r.failed) for r in rep.rows) if n]
         if failures:
             lines += ["Failed runs (retried by the next `polyak bench`):", "", *failures, ""]
+    if len(reports) > 1:
+        lines += ["## Paper claims across tasks", "", "; ".join(
+            f"{r.task}: {claims_summary(r)}" for r in reports) + ".", "",
+            *claims_side_by_side(reports), ""]
     return "\n".join(lines)
 
 

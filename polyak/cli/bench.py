@@ -6,6 +6,7 @@ file) before the store is written; bad input is one line on stderr and exit stat
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -52,13 +53,35 @@ def _tasks(text: str | None, device: str = "cpu", data_dir: str | None = None) -
             for name in dict.fromkeys(names)]
 
 
-def _with_tuned(tasks: list, path: str | None) -> list:
-    """The tasks reading their tuned values from ``path`` (when given)."""
-    if path is None:
+def _with_tuned(tasks: list, text: str | None) -> list:
+    """The tasks reading their tuned values from the ``--tuned`` file(s): one file for every
+    task, or comma-separated files each applied to the task it names (``polyak tune`` writes
+    the task into the file); tasks no file names keep their shipped values."""
+    if text is None:
         return tasks
-    if not Path(path).is_file():
-        fail(f"Invalid tuned: {path} is not a file (write one with `polyak tune --out FILE`)")
-    return [t.replace(tuned_path=Path(path)) for t in tasks]
+    paths = [Path(p.strip()) for p in text.split(",") if p.strip()]
+    for path in paths:
+        if not path.is_file():
+            fail(f"Invalid tuned: {path} is not a file (write one with `polyak tune --out FILE`)")
+    if len(paths) == 1:
+        return [t.replace(tuned_path=paths[0]) for t in tasks]
+    by_task: dict[str, Path] = {}
+    for path in paths:
+        try:
+            named = json.loads(path.read_text()).get("task")
+        except (ValueError, AttributeError):
+            named = None
+        if not isinstance(named, str):
+            fail(f"Invalid tuned: {path} names no task; with several --tuned files each must be "
+                 "a file `polyak tune --out` wrote")
+        if named in by_task:
+            fail(f"Invalid tuned: {by_task[named]} and {path} are both tuned for {named}")
+        by_task[named] = path
+    unknown = sorted(set(by_task) - {t.name for t in tasks})
+    if unknown:
+        fail(f"Invalid tuned: files for {', '.join(unknown)}, which this command does not run "
+             f"(tasks: {', '.join(t.name for t in tasks)})")
+    return [t.replace(tuned_path=by_task[t.name]) if t.name in by_task else t for t in tasks]
 
 
 def _device(name: str, check: bool = True) -> str:
@@ -204,8 +227,8 @@ def bench_command(
     gpus_per_run: float = typer.Option(0, "--gpus-per-run", help=GPUS_HELP),
     max_retries: int = typer.Option(3, "--max-retries", help=RETRIES_HELP),
     tuned: str = typer.Option(None, "--tuned", help="Tuned hyper-parameters to use (a file "
-                              "written by `polyak tune --out`; default: the task's shipped "
-                              "file)."),
+                              "written by `polyak tune --out`, or comma-separated files, one "
+                              "per task; default: the task's shipped file)."),
 ) -> int:
     """Run the (task x method x seed) grid, resuming from the store, then print the report."""
     from polyak.bench.runner import default_methods, plan_grid, run_grid
@@ -259,7 +282,8 @@ def report_command(
                                  "(it tells which corpus a kjv-lstm run read)."),
     baseline: str = typer.Option(None, "--baseline", help="Test every method against this "
                                  "one (default: each method's own baseline, when it was run)."),
-    tuned: str = typer.Option(None, "--tuned", help="The --tuned file of the bench."),
+    tuned: str = typer.Option(None, "--tuned", help="The --tuned file(s) of the bench "
+                              "(comma-separated: one per task, as each file names)."),
 ) -> int:
     """Tables, figures and paper-claim verdicts of the runs in the store.
 

@@ -113,6 +113,48 @@ def test_tune_writes_the_json_and_bench_reads_it(capsys, tmp_path, tiny):
         assert json.loads(row["config"])["overrides"] == data["tuned"]["swa"]
 
 
+def test_bench_and_report_take_one_tuned_file_per_task(capsys, tmp_path, tiny, monkeypatch):
+    """Comma-separated --tuned files: each goes to the task it names; one report, both tasks,
+    with the claims of both side by side."""
+    other = tiny.replace(name="tiny2")
+    monkeypatch.setitem(TASKS, "tiny2", other)
+    files = {}
+    for name, lr in (("tiny", 0.05), ("tiny2", 0.2)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"task": name, "epochs": 1,
+                                           "tuned": {"sgdm": {"lr": lr}}}))
+    tuned = f"{files['tiny']},{files['tiny2']}"
+    args = ("--methods", "sgdm,swa", "--seeds", "2", "--epochs", "1", "--workers", "1",
+            "--store", str(tmp_path / "b.sqlite"))
+    code, _, err = run(capsys, "bench", "--tasks", "tiny,tiny2", *args, "--tuned", tuned,
+                       "--out", str(tmp_path / "rep"), "--no-progress")
+    assert code == 0, err
+    with Store(tmp_path / "b.sqlite") as store:
+        lrs = {(r["task"], r["method"]): json.loads(r["config"])["overrides"]["lr"]
+               for r in store.runs()}
+    assert lrs == {("tiny", "sgdm"): 0.05, ("tiny", "swa"): 0.05, ("tiny2", "sgdm"): 0.2,
+                   ("tiny2", "swa"): 0.2}
+    code, _, err = run(capsys, "report", "--store", str(tmp_path / "b.sqlite"), "--tuned", tuned,
+                       "--out", str(tmp_path / "rep2"))
+    assert code == 0, err
+    text = (tmp_path / "rep2" / "report.md").read_text()
+    assert "## Paper claims across tasks" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| SWA beats momentum SGD |"))
+    assert row.count("inconclusive") + row.count("supported") + row.count("contradicted") == 2
+    # the same file twice, a file naming no task, a task not run: one line each
+    code, _, err = run(capsys, "bench", "--tasks", "tiny,tiny2", *args, "--tuned",
+                       f"{files['tiny']},{files['tiny']}")
+    assert_one_line_error(code, err, "both tuned for tiny")
+    anonymous = tmp_path / "anon.json"
+    anonymous.write_text(json.dumps({"tuned": {}}))
+    code, _, err = run(capsys, "bench", "--tasks", "tiny,tiny2", *args, "--tuned",
+                       f"{files['tiny']},{anonymous}")
+    assert_one_line_error(code, err, "names no task")
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", *args, "--tuned", tuned)
+    assert_one_line_error(code, err, "which this command does not run")
+
+
 def test_tune_never_writes_into_the_package_and_bench_needs_the_tuned_file(capsys, tmp_path,
                                                                           tiny):
     from polyak.bench.tasks import TUNED_DIR
