@@ -31,9 +31,12 @@ from polyak.optim import Padam
 
 
 def norms_check(params: list[torch.Tensor]) -> bool:
-    """The check before: per-tensor norms, stacked, summed, one sync."""
+    """The check before (polyak 0.1.0 up to issue 12): per-tensor norms, each moved to one
+    device and dtype, stacked, summed, concatenated with the other parts, one sync."""
     norms = torch._foreach_norm([p.grad for p in params])
-    return bool(torch.isfinite(torch.stack(norms).sum()))
+    device = norms[0].device
+    parts = [torch.stack([n.to(device, torch.float32) for n in norms]).sum().reshape(1)]
+    return bool(torch.isfinite(torch.cat(parts)).all())
 
 
 def candidates(params: list[torch.Tensor]) -> dict[str, tuple[str, Callable[[], object]]]:
