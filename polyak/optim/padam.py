@@ -211,7 +211,7 @@ class Padam(KeepsPathChoice, CarriesAverage, Optimizer):
             kwargs = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                           weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
                           decoupled=group["decoupled_weight_decay"])
-            if group["fused"] and group["partial"] == 0.5 and carried is None:
+            if group["fused"] and group["partial"] == 0.5:  # never carried (see _carry)
                 _fused_padam(*tensors, **kwargs)
                 continue
             if group["fused"] and _compiled_padam(*tensors, carried, partial=group["partial"],
