@@ -2,9 +2,11 @@
 
 The yardstick (issue 12's target: the default bench in at most 24 times it) is one 40-epoch
 mnist1d-cnn momentum-SGD run alone, written as a plain torch loop the way such a run was when
-the target was set: ``torch.optim.SGD`` with its default kernel, the validation and test sets
-(12,000 examples) evaluated every epoch in batches of 5000, one thread, data already generated.
-It does not use polyak, so polyak's own speed-ups do not move it. Beside it, for comparison,
+the target was set: the CNN with torch's own ``Conv1d``/``BatchNorm1d`` (polyak's model computes
+them in (N, L, C) order, :mod:`polyak.bench.models._nlc`), ``torch.optim.SGD`` with its default
+kernel, the validation and test sets (12,000 examples) evaluated every epoch in batches of 5000,
+one thread, data already generated. It does not use polyak's code, so polyak's own speed-ups do
+not move it. Beside it, for comparison,
 polyak's ``train_run`` of the same run as the benchmark runs it (10 curve points) and with every
 epoch evaluated. Then ``polyak bench`` itself (default: every paper method, 3 seeds, one worker
 per core, report included) in a subprocess with a fresh store and report directory in a
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import polyak
+from polyak.bench.models._nlc import with_torch_layers
 from polyak.bench.tasks import DEFAULT_TASK, get_task
 from polyak.bench.train import make_model, steps_per_epoch, train_run
 
@@ -52,7 +55,7 @@ def yardstick() -> float:
     task = get_task(DEFAULT_TASK)
     splits = task.load()
     torch.manual_seed(0)
-    model = make_model(task, splits)
+    model = with_torch_layers(make_model(task, splits))
     hp = polyak.recipes.parse("sgdm").hyperparameters(EPOCHS, steps_per_epoch(task, splits))
     opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"],
                           weight_decay=hp["weight_decay"])

@@ -8,7 +8,10 @@ This times, on that model's parameters with fixed random gradients, one thread:
   ``partial=0.5`` (Adam) with the default kernels and with the fused ones the recipes now pick
   (:func:`polyak._recipe_parts.fused_kernels`);
 - the finiteness check of every step (:func:`polyak.loop.grads_finite`, one AMP overflow
-  kernel) against the per-tensor norms it replaced.
+  kernel) against the per-tensor norms it replaced;
+- a whole training step (forward, backward, fused SGD step; batch 128 of random inputs) of the
+  model with its (N, L, C) layers (:mod:`polyak.bench.models._nlc`) against the same model with
+  torch's ``Conv1d``/``BatchNorm1d``.
 
 Samples are interleaved round-robin (machine noise hits all alike); medians in microseconds and
 the ratio of each fused/new candidate to its default/old one.
@@ -24,7 +27,9 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
+from polyak.bench.models._nlc import with_torch_layers
 from polyak.bench.models.mnist1d import CNN
 from polyak.loop import grads_finite
 from polyak.optim import Padam
@@ -39,7 +44,22 @@ def norms_check(params: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.cat(parts)).all())
 
 
-def candidates(params: list[torch.Tensor]) -> dict[str, tuple[str, Callable[[], object]]]:
+def train_step(model: torch.nn.Module, gen: torch.Generator) -> Callable[[], object]:
+    """One momentum-SGD training step of ``model`` on a fixed random batch of 128."""
+    x = torch.randn(128, 1, 40, generator=gen)
+    y = torch.randint(0, 10, (128,), generator=gen)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def candidates(params: list[torch.Tensor], gen: torch.Generator
+               ) -> dict[str, tuple[str, Callable[[], object]]]:
     """name -> (the name it is compared with, one call)."""
     def sgd(fused: bool | None) -> Callable[[], object]:
         return torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4,
@@ -56,20 +76,22 @@ def candidates(params: list[torch.Tensor]) -> dict[str, tuple[str, Callable[[], 
         "finite check: per-tensor norms": ("", lambda: norms_check(params)),
         "finite check: grads_finite": ("finite check: per-tensor norms",
                                        lambda: grads_finite(params)),
+        "train step: torch Conv1d/BN": ("", train_step(with_torch_layers(CNN()), gen)),
+        "train step: (N, L, C) layers": ("train step: torch Conv1d/BN", train_step(CNN(), gen)),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed samples per candidate")
-    parser.add_argument("--block", type=int, default=200, help="calls per timed sample")
+    parser.add_argument("--block", type=int, default=50, help="calls per timed sample")
     args = parser.parse_args()
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     params = [p.detach().clone() for p in CNN().parameters()]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen) * 1e-2
-    calls = candidates(params)
+    calls = candidates(params, gen)
     for _, call in calls.values():
         for _ in range(20):
             call()

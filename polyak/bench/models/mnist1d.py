@@ -6,13 +6,18 @@ MNIST-1D", 2020/2024), for inputs of shape ``(N, 1, 40)`` or ``(N, 40)``.
   lengths 40 -> 19 -> 10 -> 5), ReLU, then a linear classifier on the 125 flattened features,
   as the paper's CNN baseline. Departure from the paper: a ``BatchNorm1d`` after each convolution
   (``batchnorm=True``, the default) so that weight averaging without BatchNorm recalibration,
-  the case the averaging papers warn about, is exercised by the benchmark.
+  the case the averaging papers warn about, is exercised by the benchmark. The layers are
+  :mod:`polyak.bench.models._nlc`'s ``Conv1d``/``BatchNorm1d``: torch's modules (same
+  parameters, state dict and hooks) computed in ``(N, L, C)`` memory order on the CPU, about
+  a quarter faster per training step at this size.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from polyak.bench.models._nlc import BatchNorm1d, Conv1d
 
 __all__ = ["MLP", "CNN"]
 
@@ -61,9 +66,9 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 1
         for kernel in (5, 3, 3):
-            layers.append(nn.Conv1d(in_ch, channels, kernel, stride=2, padding=1))
+            layers.append(Conv1d(in_ch, channels, kernel, stride=2, padding=1))
             if batchnorm:
-                layers.append(nn.BatchNorm1d(channels))
+                layers.append(BatchNorm1d(channels))
             layers.append(nn.ReLU())
             in_ch = channels
         self.features = nn.Sequential(*layers)
