@@ -16,7 +16,7 @@ This times, on that model's parameters with fixed random gradients, one thread:
 Samples are interleaved round-robin (machine noise hits all alike); medians in microseconds and
 the ratio of each fused/new candidate to its default/old one.
 
-    python benchmarks/small_step.py [--repeats 30] [--block 200]
+    python benchmarks/small_step.py [--repeats 30] [--block 50]
 """
 
 from __future__ import annotations

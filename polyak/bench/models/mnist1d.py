@@ -9,7 +9,7 @@ MNIST-1D", 2020/2024), for inputs of shape ``(N, 1, 40)`` or ``(N, 40)``.
   the case the averaging papers warn about, is exercised by the benchmark. The layers are
   :mod:`polyak.bench.models._nlc`'s ``Conv1d``/``BatchNorm1d``: torch's modules (same
   parameters, state dict and hooks) computed in ``(N, L, C)`` memory order on the CPU, about
-  a quarter faster per training step at this size.
+  a fifth faster per training step at this size (``benchmarks/small_step.py``).
 """
 
 from __future__ import annotations
