@@ -41,4 +41,11 @@ def main(out: str, spec: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    finally:
+        # Lightning destroys the process group at exit only for NCCL. Without this, gloo's threads
+        # can outlive the interpreter and abort the process at exit ("terminate called without
+        # an active exception", SIGABRT), after the results were written.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
