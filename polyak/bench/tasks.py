@@ -170,7 +170,8 @@ class Task:
 # Budgets measured on one CPU thread (runs are single-threaded): the CNN takes about 5-7 s a run
 # (SAM variants 11 s); the reported weights (val + test, BatchNorm recalibrated on the whole
 # training set) are evaluated at 10 evenly spaced epochs, the last included; `polyak bench`
-# (25 methods x 3 seeds) took 4 min 54 s on 2 idle cores (2026-11-30, benchmarks/bench_time.py).
+# (25 methods x 3 seeds) took 3 min 24-46 s on 2 idle cores from a fresh clone, install
+# included (2026-11-30, the (N, L, C) CNN layers; benchmarks/bench_time.py times it alone).
 _CNN_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), 1-D CNN of the MNIST-1D paper with "
     "BatchNorm (5.4k params), 40 epochs of batch 128 (32 steps), val and test of the "
