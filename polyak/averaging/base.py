@@ -15,7 +15,9 @@ averages, without any communication.
 
 Non-finite weights are never collected: with ``nonfinite="raise"`` (default) a collection that
 meets a NaN/Inf parameter raises :class:`NonFiniteWeights` naming it, with ``nonfinite="skip"``
-it is dropped (the average unchanged) and counted in ``skipped``.
+it is dropped (the average unchanged) and counted in ``skipped``. The check reads the parameters
+once before the update and writes nothing; it is exact (huge finite weights pass) and costs a
+fraction of the update (:func:`polyak.averaging._tensors.first_nonfinite`).
 
 Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of
 training, every epoch and in order (a repeated or out-of-order epoch is a ValueError). Every
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polyak.averaging import _tensors as tt
 from polyak.averaging.bn import Forward, bn_modules, recalibrate_bn, saved_bn_buffers
 
 __all__ = ["WeightAverage", "NonFiniteWeights", "NONFINITE"]
@@ -98,8 +101,8 @@ class WeightAverage:
         self.every, self.start_epoch = every, start_epoch
         self.device = None if device is None else torch.device(device)
         self._shapes = [p.shape for p in params]
-        self.average: list[Tensor] = [_zeros_for(p, self.device) for p in params]
-        self._sharded = any(_is_sharded(t) for t in self.average)
+        self.average: list[Tensor] = [tt.zeros_for(p, self.device) for p in params]
+        self._sharded = any(tt.is_sharded(t) for t in self.average)
         if foreach is None:
             foreach = all(t.device.type in _FOREACH_DEVICES for t in [*self.average, *params])
         self.foreach = foreach
@@ -114,7 +117,7 @@ class WeightAverage:
     # ------------------------------------------------------------------ tensor operations
     def _copy_(self, dst: list[Tensor], src: list[Tensor]) -> None:
         if self._sharded:
-            dst, src = _locals(dst), _locals(src)
+            dst, src = tt.locals_(dst), tt.locals_(src)
         if self.foreach and dst[0].device == src[0].device:
             torch._foreach_copy_(dst, src)
         else:
@@ -123,7 +126,7 @@ class WeightAverage:
 
     def _lerp_(self, avg: list[Tensor], src: list[Tensor], weight: float) -> None:
         if self._sharded:
-            avg, src = _locals(avg), _locals(src)
+            avg, src = tt.locals_(avg), tt.locals_(src)
         if self.foreach:
             torch._foreach_lerp_(avg, src, weight)
         else:
@@ -132,7 +135,7 @@ class WeightAverage:
 
     def _mul_(self, ts: list[Tensor], factor: float) -> None:
         if self._sharded:
-            ts = _locals(ts)
+            ts = tt.locals_(ts)
         if self.foreach:
             torch._foreach_mul_(ts, factor)
         else:
@@ -141,7 +144,7 @@ class WeightAverage:
 
     def _div_(self, ts: list[Tensor], divisor: float) -> None:
         if self._sharded:
-            ts = _locals(ts)
+            ts = tt.locals_(ts)
         if self.foreach:
             torch._foreach_div_(ts, divisor)
         else:
@@ -214,10 +217,10 @@ class WeightAverage:
     def _collect(self) -> bool:
         """Collect the live parameters; ``False`` when skipped (``nonfinite="skip"``) because one
         is NaN/Inf, :class:`NonFiniteWeights` naming it under ``nonfinite="raise"``."""
-        src = self._source(self._params())
-        if not _all_finite(src):
-            bad = next(name for (name, _), t in zip(self.model.named_parameters(), src)
-                       if not bool(torch.isfinite(_local(t)).all()))
+        params = self._params()
+        bad_index = tt.first_nonfinite(params, self.foreach)
+        if bad_index is not None:
+            bad = [name for name, _ in self.model.named_parameters()][bad_index]
             if self.nonfinite == "raise":
                 raise NonFiniteWeights(
                     f"Non-finite weights: parameter {bad!r} holds NaN/Inf; the average refuses "
@@ -225,7 +228,7 @@ class WeightAverage:
                     "collections and counts them in .skipped)")
             self.skipped += 1
             return False
-        self._update(src)
+        self._update(self._source(params))
         self.n_averaged += 1
         self.collected += 1
         return True
@@ -313,7 +316,7 @@ class WeightAverage:
     @property
     def nbytes(self) -> int:
         """Bytes of memory the average holds (its tensors' storages)."""
-        return sum(_local(t).untyped_storage().nbytes() for t in self.average)
+        return sum(tt.local(t).untyped_storage().nbytes() for t in self.average)
 
     @torch.no_grad()
     def averaged(self) -> list[Tensor]:
@@ -401,43 +404,6 @@ class WeightAverage:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
         skipped = f", skipped={self.skipped}" if self.skipped else ""
         return f"{type(self).__name__}({hyper}, n_averaged={self.n_averaged}{skipped})"
-
-
-def _all_finite(ts: list[Tensor]) -> bool:
-    """Whether every entry of every tensor is finite: one max-norm per tensor (NaN and Inf
-    propagate into it), one reduction, one synchronisation."""
-    local = [t for t in _locals(ts) if t.numel()]
-    if not local:
-        return True
-    try:
-        norms = torch._foreach_norm(local, float("inf"))
-    except (RuntimeError, NotImplementedError):
-        norms = [t.abs().max() for t in local]
-    return bool(torch.isfinite(torch.stack([n.to(local[0].device, torch.float32)
-                                           for n in norms])).all())
-
-
-def _is_sharded(t: Tensor) -> bool:
-    """A ``DTensor`` (FSDP2's ``fully_shard`` parameters): this rank holds one shard of it."""
-    return callable(getattr(t, "to_local", None)) and hasattr(t, "placements")
-
-
-def _local(t: Tensor) -> Tensor:
-    return t.to_local() if _is_sharded(t) else t
-
-
-def _locals(ts: list[Tensor]) -> list[Tensor]:
-    """This rank's shards (views of the same storage) of a list of possibly sharded tensors."""
-    return [_local(t) for t in ts]
-
-
-def _zeros_for(p: Tensor, device: torch.device | None) -> Tensor:
-    """The zero average of parameter ``p``: for a sharded parameter (FSDP2) a ``DTensor`` with the
-    same placements, so each rank keeps only its own shard and every update is local (pointwise
-    ``_foreach`` ops on ``DTensor``s of equal placements communicate nothing)."""
-    if device is None and _is_sharded(p):
-        return torch.zeros_like(p)
-    return torch.zeros(p.shape, dtype=p.dtype, device=device or p.device)
 
 
 @contextlib.contextmanager
