@@ -1,4 +1,4 @@
-"""Tensor helpers of the weight averages: the non-finite check, shards.
+"""Tensor helpers of the weight averages: the non-finite check, the averages' dtype, shards.
 
 The non-finite check of a collection reads the live parameters once and writes nothing (their
 version counters stay as they are). Its fast path is one 2-norm (or squared norm) per tensor:
@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["first_nonfinite", "is_sharded", "local", "locals_", "zeros_for"]
+__all__ = ["average_dtype", "check_dtype", "first_nonfinite", "is_sharded", "local", "locals_",
+           "narrower", "zeros_for"]
 
 
 def is_sharded(t: Tensor) -> bool:
@@ -35,13 +36,38 @@ def locals_(ts: list[Tensor]) -> list[Tensor]:
     return [local(t) for t in ts]
 
 
-def zeros_for(p: Tensor, device: torch.device | None) -> Tensor:
+# ---------------------------------------------------------------------- dtype of an average
+def check_dtype(dtype: object) -> torch.dtype | None:
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise ValueError(f"Invalid dtype: {dtype!r} (allowed: None, meaning float32 for parameters "
+                     "of lower precision and else theirs, or a floating-point torch.dtype)")
+
+
+def average_dtype(param: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of the average of a ``param``-typed parameter: non-floating parameters keep
+    theirs; else ``dtype``, or by default float32 for bf16/fp16 (an update ``(1-d)(w - avg)``
+    below half a bf16 ulp of the average would round to zero) and the parameter's otherwise."""
+    if not param.is_floating_point:
+        return param
+    if dtype is not None:
+        return dtype
+    return torch.float32 if torch.finfo(param).bits < 32 else param
+
+
+def narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
+    """Whether floating ``dtype`` holds a smaller range than floating ``than`` (fp16 < fp32)."""
+    return dtype.is_floating_point and than.is_floating_point \
+        and torch.finfo(dtype).max < torch.finfo(than).max
+
+
+def zeros_for(p: Tensor, device: torch.device | None, dtype: torch.dtype) -> Tensor:
     """The zero average of parameter ``p``: for a sharded parameter (FSDP2) a ``DTensor`` with the
     same placements, so each rank keeps only its own shard and every update is local (pointwise
     ``_foreach`` ops on ``DTensor``s of equal placements communicate nothing)."""
     if device is None and is_sharded(p):
-        return torch.zeros_like(p)
-    return torch.zeros(p.shape, dtype=p.dtype, device=device or p.device)
+        return torch.zeros_like(p, dtype=dtype)
+    return torch.zeros(p.shape, dtype=dtype, device=device or p.device)
 
 
 # ---------------------------------------------------------------------- the non-finite check

@@ -2,11 +2,15 @@
 
 Only parameters are averaged, never buffers (docs/methods.md, "Weight averages"): BatchNorm
 statistics of averaged weights are recomputed (:func:`polyak.averaging.recalibrate_bn`). The
-average is a flat list of tensors, one per parameter, of the parameter's shape and dtype: no
-copy of the module, no other per-parameter buffer. Per-collection updates run as multi-tensor
-``torch._foreach_*`` kernels (``foreach=True``) or as a loop over single tensors
-(``foreach=False``, the reference path); both compute the same floating-point operations in the
-same order.
+average is a flat list of tensors, one per parameter, of the parameter's shape: no copy of the
+module, no other per-parameter buffer. Its dtype is the parameter's, except that parameters of
+lower precision than float32 (bf16, fp16) are averaged in float32 (``dtype=None``, the default;
+``dtype=`` chooses another floating dtype): in bf16 an EMA's update ``(1-d)(w - ema)`` with
+``d = 0.999`` rounds to zero and the average never moves. The weights written back into a model
+(:meth:`~WeightAverage.applied`, :meth:`~WeightAverage.copy_to`, PWA's phase end) are rounded
+once to the parameter's dtype. Per-collection updates run as multi-tensor ``torch._foreach_*``
+kernels (``foreach=True``) or as a loop over single tensors (``foreach=False``, the reference
+path); both compute the same floating-point operations in the same order.
 
 Sharded training (FSDP2's ``fully_shard``): parameters are ``DTensor`` shards; the average of
 each is a ``DTensor`` of the same placements, so a rank holds and updates only its own shard (no
@@ -74,10 +78,13 @@ class WeightAverage:
     """Base class of :class:`Uniform`, :class:`EMA` and :class:`PhaseWise`.
 
     Subclasses implement ``_update(src)`` (one collection of the iterate ``src``, a list of tensors
-    on the average's device) and may override ``_divisor()`` (the reported weights are
-    ``average / divisor``). Attributes: ``average`` (the list of tensors), ``n_averaged`` (iterates
-    in the current average), ``collected`` (collections ever made), ``steps`` (calls to
-    :meth:`step`), ``epoch`` (epochs ended so far, i.e. the 0-based index of the running epoch).
+    on the average's device and in its dtype) and may override ``_divisor()`` (the reported
+    weights are ``average / divisor``). Attributes: ``average`` (the list of tensors),
+    ``n_averaged`` (iterates in the current average), ``collected`` (collections ever made),
+    ``steps`` (calls to :meth:`step`), ``epoch`` (epochs ended so far, i.e. the 0-based index of
+    the running epoch).
+    ``dtype``: that of the average of the floating-point parameters; None (default) is float32
+    for parameters of lower precision (bf16, fp16) and the parameter's dtype for the others.
     """
 
     #: whether the averaged weights (rather than the live ones) are the method's result.
@@ -86,9 +93,10 @@ class WeightAverage:
     def __init__(
         self, model: nn.Module, *, every: str | int = "epoch", start_epoch: int = 0,
         device: torch.device | str | None = None, foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", dtype: torch.dtype | None = None,
     ) -> None:
         every = check_every(every)
+        dtype = tt.check_dtype(dtype)
         if nonfinite not in NONFINITE:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} (allowed: 'raise', 'skip')")
         start_epoch = check_epoch(start_epoch, "start_epoch")
@@ -101,8 +109,11 @@ class WeightAverage:
         self.every, self.start_epoch = every, start_epoch
         self.device = None if device is None else torch.device(device)
         self._shapes = [p.shape for p in params]
-        self.average: list[Tensor] = [tt.zeros_for(p, self.device) for p in params]
+        self.dtype = dtype   # as asked (None: float32 below float32's precision, else the param's)
+        self.average: list[Tensor] = [
+            tt.zeros_for(p, self.device, tt.average_dtype(p.dtype, dtype)) for p in params]
         self._sharded = any(tt.is_sharded(t) for t in self.average)
+        self._narrows = any(tt.narrower(a.dtype, p.dtype) for p, a in zip(params, self.average))
         if foreach is None:
             foreach = all(t.device.type in _FOREACH_DEVICES for t in [*self.average, *params])
         self.foreach = foreach
@@ -166,10 +177,11 @@ class WeightAverage:
         return params
 
     def _source(self, params: list[Tensor]) -> list[Tensor]:
-        """The live parameters on the average's device (copied there when it differs)."""
-        if self.device is None or all(p.device == self.device for p in params):
-            return params
-        return [p.detach().to(self.device) for p in params]
+        """The live parameters on the average's device and in its dtype (converted copies of
+        those that differ)."""
+        return [p if p.device == a.device and p.dtype == a.dtype
+                else p.detach().to(device=a.device, dtype=a.dtype)
+                for p, a in zip(params, self.average)]
 
     def _divisor(self) -> float:
         return 1.0
@@ -189,9 +201,15 @@ class WeightAverage:
         if not pairs:
             return
         dst, src = [p for p, _ in pairs], [a for _, a in pairs]
+        if all(d.dtype == s.dtype for d, s in pairs):
+            self._copy_(dst, src)
+            if divisor != 1.0:
+                self._div_(dst, divisor)
+            return
+        if divisor != 1.0:  # divided in the average's dtype, then rounded once to the param's
+            src = [s.clone() for s in src]
+            self._div_(src, divisor)
         self._copy_(dst, src)
-        if divisor != 1.0:
-            self._div_(dst, divisor)
 
     @contextlib.contextmanager
     def _all_or_nothing(self) -> Iterator[None]:
@@ -218,17 +236,21 @@ class WeightAverage:
         """Collect the live parameters; ``False`` when skipped (``nonfinite="skip"``) because one
         is NaN/Inf, :class:`NonFiniteWeights` naming it under ``nonfinite="raise"``."""
         params = self._params()
-        bad_index = tt.first_nonfinite(params, self.foreach)
+        # a dtype of smaller range than the parameters' is checked after the conversion to it
+        src = self._source(params) if self._narrows else None
+        bad_index = tt.first_nonfinite(params if src is None else src, self.foreach)
         if bad_index is not None:
             bad = [name for name, _ in self.model.named_parameters()][bad_index]
+            what = "holds NaN/Inf" if src is None else \
+                f"holds NaN/Inf or overflows the average's {src[bad_index].dtype}"
             if self.nonfinite == "raise":
                 raise NonFiniteWeights(
-                    f"Non-finite weights: parameter {bad!r} holds NaN/Inf; the average refuses "
+                    f"Non-finite weights: parameter {bad!r} {what}; the average refuses "
                     f"to collect it ({type(self).__name__}(nonfinite='skip') drops such "
                     "collections and counts them in .skipped)")
             self.skipped += 1
             return False
-        self._update(self._source(params))
+        self._update(self._source(params) if src is None else src)
         self.n_averaged += 1
         self.collected += 1
         return True
@@ -320,9 +342,11 @@ class WeightAverage:
 
     @torch.no_grad()
     def averaged(self) -> list[Tensor]:
-        """New tensors holding the reported weights (the live ones when nothing is averaged)."""
+        """New tensors holding the reported weights (the live ones when nothing is averaged), in
+        the average's dtype."""
         if not self.has_average:
-            return [p.detach().clone() for p in self._params()]
+            return [p.detach().to(a.dtype, copy=True)
+                    for p, a in zip(self._params(), self.average)]
         divisor = self._divisor()
         return [a.clone() if divisor == 1.0 else a / divisor for a in self.average]
 
@@ -376,7 +400,9 @@ class WeightAverage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; ValueError if it is from another class, another set of
-        hyper-parameters, or a model with other parameter shapes."""
+        hyper-parameters, or a model with other parameter shapes. The average's tensors are
+        converted to this average's dtype: a state saved when averages of bf16 parameters were
+        kept in bf16 loads exactly into today's float32 average."""
         name = type(self).__name__
         if state.get("type") != name:
             raise ValueError(f"Invalid state_dict: it is from a {state.get('type')}, not a {name}")
