@@ -10,14 +10,16 @@ own model and average: polyak's Uniform (``end_epoch``), EMA (``step``) and Phas
 Repeats are interleaved round-robin so machine noise hits all candidates alike (and each finds
 its tensors out of cache, as a training step leaves them for a model larger than the cache);
 ``--warm`` times each candidate's collections back to back instead (its tensors in cache as far
-as they fit). The table shows median ms per collection and ratios to AveragedModel's default and
-to the bare lerp, timed in the same run; "collection / bare lerp" repeats the polyak ratios.
+as they fit); ``--cpu-time`` times the thread's CPU time (``time.thread_time``, steadier on a
+machine shared with other processes) instead of wall time. The table shows median ms per
+collection and ratios to AveragedModel's default and to the bare lerp, timed in the same run;
+"collection / bare lerp" repeats the polyak ratios.
 Memory: the bytes an average holds (its tensors' storages) over the parameters' bytes.
 Averaging folded into the step: GadamX's optimizer (Padam(1/8, amsgrad, fused=True), compiled;
 its first call compiles, in the warm-up) alone, followed by ``EMA.step()``, and carrying the EMA
 (``opt.carry_average(ema)``: the lerp inside the step's kernel), with ratios to the step alone.
 
-    python benchmarks/averaging.py [--repeats 30] [--warmup 3] [--threads 1] [--warm]
+    python benchmarks/averaging.py [--repeats 30] [--warmup 3] [--threads 1] [--warm] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -118,15 +120,16 @@ def candidates() -> dict[str, Callable[[int], None]]:
     }
 
 
-def run(repeats: int, warmup: int, warm: bool = False) -> dict[str, float]:
+def run(repeats: int, warmup: int, warm: bool = False, cpu: bool = False) -> dict[str, float]:
+    clock = time.thread_time if cpu else time.perf_counter
     funcs = candidates()
     times: dict[str, list[float]] = {name: [] for name in funcs}
     order = [(i, name) for name in funcs for i in range(warmup + repeats)] if warm else \
         [(i, name) for i in range(warmup + repeats) for name in funcs]
     for i, name in order:
-        start = time.perf_counter()
+        start = clock()
         funcs[name](i)
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if i >= warmup:
             times[name].append(elapsed)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
@@ -153,13 +156,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--warm", action="store_true",
                         help="each candidate's collections back to back (tensors in cache)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time CPU time of the thread (a shared machine's preemption unbilled)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n = sum(torch.Size(s).numel() for s in resnet18_shapes())
     order = "back to back" if args.warm else "round-robin"
+    clock = "thread CPU time" if args.cpu_time else "wall time"
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU, {len(resnet18_shapes())} "
-          f"tensors, {n:,} parameters, median of {args.repeats} collections ({order})")
-    ms = run(args.repeats, args.warmup, args.warm)
+          f"tensors, {n:,} parameters, median {clock} of {args.repeats} collections ({order})")
+    ms = run(args.repeats, args.warmup, args.warm, args.cpu_time)
     print(f"{'candidate':32s} {'ms':>8s} {'/AvgModel':>10s} {'/bare lerp':>11s} {'/step':>7s}")
     for name, t in ms.items():
         print(f"{name:32s} {t:8.2f} {t / ms[AVG_MODEL]:10.2f} {t / ms[BARE]:11.2f} "

@@ -9,8 +9,7 @@ checked entry by entry (``torch.isfinite``), so the answer is exact and huge fin
 never refused. ``foreach=False`` takes one ``linalg.vector_norm`` per tensor (the reference
 path; same verdict). An update cannot carry the check (a NaN met half-way through would leave
 the average half-updated, and a lerp cannot be undone exactly), so the collection costs the
-update plus one read of the parameters: ~1.3x a bare lerp with the parameters in cache, ~1.5x
-from memory (``benchmarks/averaging.py``).
+update plus one read of the parameters: 1.3-1.7x a bare lerp (``benchmarks/averaging.py``).
 """
 
 from __future__ import annotations
