@@ -2,11 +2,15 @@
 
 Only parameters are averaged, never buffers (docs/methods.md, "Weight averages"): BatchNorm
 statistics of averaged weights are recomputed (:func:`polyak.averaging.recalibrate_bn`). The
-average is a flat list of tensors, one per parameter, of the parameter's shape and dtype: no
-copy of the module, no other per-parameter buffer. Per-collection updates run as multi-tensor
-``torch._foreach_*`` kernels (``foreach=True``) or as a loop over single tensors
-(``foreach=False``, the reference path); both compute the same floating-point operations in the
-same order.
+average is a flat list of tensors, one per parameter, of the parameter's shape: no copy of the
+module, no other per-parameter buffer. Its dtype is the parameter's, except that parameters of
+lower precision than float32 (bf16, fp16) are averaged in float32 (``dtype=None``, the default;
+``dtype=`` chooses another floating dtype): in bf16 an EMA's update ``(1-d)(w - ema)`` with
+``d = 0.999`` rounds to zero and the average never moves. The weights written back into a model
+(:meth:`~WeightAverage.applied`, :meth:`~WeightAverage.copy_to`, PWA's phase end) are rounded
+once to the parameter's dtype. Per-collection updates run as multi-tensor ``torch._foreach_*``
+kernels (``foreach=True``) or as a loop over single tensors (``foreach=False``, the reference
+path); both compute the same floating-point operations in the same order.
 
 Sharded training (FSDP2's ``fully_shard``): parameters are ``DTensor`` shards; the average of
 each is a ``DTensor`` of the same placements, so a rank holds and updates only its own shard (no
@@ -15,7 +19,9 @@ averages, without any communication.
 
 Non-finite weights are never collected: with ``nonfinite="raise"`` (default) a collection that
 meets a NaN/Inf parameter raises :class:`NonFiniteWeights` naming it, with ``nonfinite="skip"``
-it is dropped (the average unchanged) and counted in ``skipped``.
+it is dropped (the average unchanged) and counted in ``skipped``. The check reads the parameters
+once before the update and writes nothing; it is exact (huge finite weights pass) and costs a
+fraction of the update (:func:`polyak.averaging._tensors.first_nonfinite`).
 
 Epochs are 0-based: ``end_epoch(epoch)`` is called after epoch ``epoch`` = 0, 1, 2, ... of
 training, every epoch and in order (a repeated or out-of-order epoch is a ValueError). Every
@@ -33,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polyak.averaging import _tensors as tt
 from polyak.averaging.bn import Forward, bn_modules, recalibrate_bn, saved_bn_buffers
 
 __all__ = ["WeightAverage", "NonFiniteWeights", "NONFINITE"]
@@ -71,10 +78,13 @@ class WeightAverage:
     """Base class of :class:`Uniform`, :class:`EMA` and :class:`PhaseWise`.
 
     Subclasses implement ``_update(src)`` (one collection of the iterate ``src``, a list of tensors
-    on the average's device) and may override ``_divisor()`` (the reported weights are
-    ``average / divisor``). Attributes: ``average`` (the list of tensors), ``n_averaged`` (iterates
-    in the current average), ``collected`` (collections ever made), ``steps`` (calls to
-    :meth:`step`), ``epoch`` (epochs ended so far, i.e. the 0-based index of the running epoch).
+    on the average's device and in its dtype) and may override ``_divisor()`` (the reported
+    weights are ``average / divisor``). Attributes: ``average`` (the list of tensors),
+    ``n_averaged`` (iterates in the current average), ``collected`` (collections ever made),
+    ``steps`` (calls to :meth:`step`), ``epoch`` (epochs ended so far, i.e. the 0-based index of
+    the running epoch).
+    ``dtype``: that of the average of the floating-point parameters; None (default) is float32
+    for parameters of lower precision (bf16, fp16) and the parameter's dtype for the others.
     """
 
     #: whether the averaged weights (rather than the live ones) are the method's result.
@@ -83,9 +93,10 @@ class WeightAverage:
     def __init__(
         self, model: nn.Module, *, every: str | int = "epoch", start_epoch: int = 0,
         device: torch.device | str | None = None, foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", dtype: torch.dtype | None = None,
     ) -> None:
         every = check_every(every)
+        dtype = tt.check_dtype(dtype)
         if nonfinite not in NONFINITE:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r} (allowed: 'raise', 'skip')")
         start_epoch = check_epoch(start_epoch, "start_epoch")
@@ -98,8 +109,11 @@ class WeightAverage:
         self.every, self.start_epoch = every, start_epoch
         self.device = None if device is None else torch.device(device)
         self._shapes = [p.shape for p in params]
-        self.average: list[Tensor] = [_zeros_for(p, self.device) for p in params]
-        self._sharded = any(_is_sharded(t) for t in self.average)
+        self.dtype = dtype   # as asked (None: float32 below float32's precision, else the param's)
+        self.average: list[Tensor] = [
+            tt.zeros_for(p, self.device, tt.average_dtype(p.dtype, dtype)) for p in params]
+        self._sharded = any(tt.is_sharded(t) for t in self.average)
+        self._narrows = any(tt.narrower(a.dtype, p.dtype) for p, a in zip(params, self.average))
         if foreach is None:
             foreach = all(t.device.type in _FOREACH_DEVICES for t in [*self.average, *params])
         self.foreach = foreach
@@ -114,7 +128,7 @@ class WeightAverage:
     # ------------------------------------------------------------------ tensor operations
     def _copy_(self, dst: list[Tensor], src: list[Tensor]) -> None:
         if self._sharded:
-            dst, src = _locals(dst), _locals(src)
+            dst, src = tt.locals_(dst), tt.locals_(src)
         if self.foreach and dst[0].device == src[0].device:
             torch._foreach_copy_(dst, src)
         else:
@@ -123,7 +137,7 @@ class WeightAverage:
 
     def _lerp_(self, avg: list[Tensor], src: list[Tensor], weight: float) -> None:
         if self._sharded:
-            avg, src = _locals(avg), _locals(src)
+            avg, src = tt.locals_(avg), tt.locals_(src)
         if self.foreach:
             torch._foreach_lerp_(avg, src, weight)
         else:
@@ -132,7 +146,7 @@ class WeightAverage:
 
     def _mul_(self, ts: list[Tensor], factor: float) -> None:
         if self._sharded:
-            ts = _locals(ts)
+            ts = tt.locals_(ts)
         if self.foreach:
             torch._foreach_mul_(ts, factor)
         else:
@@ -141,7 +155,7 @@ class WeightAverage:
 
     def _div_(self, ts: list[Tensor], divisor: float) -> None:
         if self._sharded:
-            ts = _locals(ts)
+            ts = tt.locals_(ts)
         if self.foreach:
             torch._foreach_div_(ts, divisor)
         else:
@@ -163,10 +177,11 @@ class WeightAverage:
         return params
 
     def _source(self, params: list[Tensor]) -> list[Tensor]:
-        """The live parameters on the average's device (copied there when it differs)."""
-        if self.device is None or all(p.device == self.device for p in params):
-            return params
-        return [p.detach().to(self.device) for p in params]
+        """The live parameters on the average's device and in its dtype (converted copies of
+        those that differ)."""
+        return [p if p.device == a.device and p.dtype == a.dtype
+                else p.detach().to(device=a.device, dtype=a.dtype)
+                for p, a in zip(params, self.average)]
 
     def _divisor(self) -> float:
         return 1.0
@@ -186,9 +201,15 @@ class WeightAverage:
         if not pairs:
             return
         dst, src = [p for p, _ in pairs], [a for _, a in pairs]
+        if all(d.dtype == s.dtype for d, s in pairs):
+            self._copy_(dst, src)
+            if divisor != 1.0:
+                self._div_(dst, divisor)
+            return
+        if divisor != 1.0:  # divided in the average's dtype, then rounded once to the param's
+            src = [s.clone() for s in src]
+            self._div_(src, divisor)
         self._copy_(dst, src)
-        if divisor != 1.0:
-            self._div_(dst, divisor)
 
     @contextlib.contextmanager
     def _all_or_nothing(self) -> Iterator[None]:
@@ -214,18 +235,22 @@ class WeightAverage:
     def _collect(self) -> bool:
         """Collect the live parameters; ``False`` when skipped (``nonfinite="skip"``) because one
         is NaN/Inf, :class:`NonFiniteWeights` naming it under ``nonfinite="raise"``."""
-        src = self._source(self._params())
-        if not _all_finite(src):
-            bad = next(name for (name, _), t in zip(self.model.named_parameters(), src)
-                       if not bool(torch.isfinite(_local(t)).all()))
+        params = self._params()
+        # a dtype of smaller range than the parameters' is checked after the conversion to it
+        src = self._source(params) if self._narrows else None
+        bad_index = tt.first_nonfinite(params if src is None else src, self.foreach)
+        if bad_index is not None:
+            bad = [name for name, _ in self.model.named_parameters()][bad_index]
+            what = "holds NaN/Inf" if src is None else \
+                f"holds NaN/Inf or overflows the average's {src[bad_index].dtype}"
             if self.nonfinite == "raise":
                 raise NonFiniteWeights(
-                    f"Non-finite weights: parameter {bad!r} holds NaN/Inf; the average refuses "
+                    f"Non-finite weights: parameter {bad!r} {what}; the average refuses "
                     f"to collect it ({type(self).__name__}(nonfinite='skip') drops such "
                     "collections and counts them in .skipped)")
             self.skipped += 1
             return False
-        self._update(src)
+        self._update(self._source(params) if src is None else src)
         self.n_averaged += 1
         self.collected += 1
         return True
@@ -313,13 +338,15 @@ class WeightAverage:
     @property
     def nbytes(self) -> int:
         """Bytes of memory the average holds (its tensors' storages)."""
-        return sum(_local(t).untyped_storage().nbytes() for t in self.average)
+        return sum(tt.local(t).untyped_storage().nbytes() for t in self.average)
 
     @torch.no_grad()
     def averaged(self) -> list[Tensor]:
-        """New tensors holding the reported weights (the live ones when nothing is averaged)."""
+        """New tensors holding the reported weights (the live ones when nothing is averaged), in
+        the average's dtype."""
         if not self.has_average:
-            return [p.detach().clone() for p in self._params()]
+            return [p.detach().to(a.dtype, copy=True)
+                    for p, a in zip(self._params(), self.average)]
         divisor = self._divisor()
         return [a.clone() if divisor == 1.0 else a / divisor for a in self.average]
 
@@ -373,7 +400,9 @@ class WeightAverage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; ValueError if it is from another class, another set of
-        hyper-parameters, or a model with other parameter shapes."""
+        hyper-parameters, or a model with other parameter shapes. The average's tensors are
+        converted to this average's dtype: a state saved when averages of bf16 parameters were
+        kept in bf16 loads exactly into today's float32 average."""
         name = type(self).__name__
         if state.get("type") != name:
             raise ValueError(f"Invalid state_dict: it is from a {state.get('type')}, not a {name}")
@@ -401,43 +430,6 @@ class WeightAverage:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
         skipped = f", skipped={self.skipped}" if self.skipped else ""
         return f"{type(self).__name__}({hyper}, n_averaged={self.n_averaged}{skipped})"
-
-
-def _all_finite(ts: list[Tensor]) -> bool:
-    """Whether every entry of every tensor is finite: one max-norm per tensor (NaN and Inf
-    propagate into it), one reduction, one synchronisation."""
-    local = [t for t in _locals(ts) if t.numel()]
-    if not local:
-        return True
-    try:
-        norms = torch._foreach_norm(local, float("inf"))
-    except (RuntimeError, NotImplementedError):
-        norms = [t.abs().max() for t in local]
-    return bool(torch.isfinite(torch.stack([n.to(local[0].device, torch.float32)
-                                           for n in norms])).all())
-
-
-def _is_sharded(t: Tensor) -> bool:
-    """A ``DTensor`` (FSDP2's ``fully_shard`` parameters): this rank holds one shard of it."""
-    return callable(getattr(t, "to_local", None)) and hasattr(t, "placements")
-
-
-def _local(t: Tensor) -> Tensor:
-    return t.to_local() if _is_sharded(t) else t
-
-
-def _locals(ts: list[Tensor]) -> list[Tensor]:
-    """This rank's shards (views of the same storage) of a list of possibly sharded tensors."""
-    return [_local(t) for t in ts]
-
-
-def _zeros_for(p: Tensor, device: torch.device | None) -> Tensor:
-    """The zero average of parameter ``p``: for a sharded parameter (FSDP2) a ``DTensor`` with the
-    same placements, so each rank keeps only its own shard and every update is local (pointwise
-    ``_foreach`` ops on ``DTensor``s of equal placements communicate nothing)."""
-    if device is None and _is_sharded(p):
-        return torch.zeros_like(p)
-    return torch.zeros(p.shape, dtype=p.dtype, device=device or p.device)
 
 
 @contextlib.contextmanager

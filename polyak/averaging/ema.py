@@ -35,7 +35,8 @@ class EMA(WeightAverage):
 
     ``every="step"`` (default) collects in every :meth:`step` (call it after ``optimizer.step()``),
     ``every=n`` every n steps, ``every="epoch"`` in :meth:`end_epoch`; nothing is collected in
-    epochs before ``start_epoch`` (0-based).
+    epochs before ``start_epoch`` (0-based). With bf16/fp16 parameters the average is float32
+    (``dtype=None``): in bf16 the update ``(1-d)(w - ema)`` rounds to zero for ``d`` near 1.
 
     Example::
 
@@ -52,6 +53,7 @@ class EMA(WeightAverage):
         bias_correction: bool = False, device: torch.device | str | None = None, *,
         start_epoch: int = 0, foreach: bool | None = None, warmup: bool = False,
         warmup_gamma: float = 1.0, warmup_power: float = 2 / 3, nonfinite: str = "raise",
+        dtype: torch.dtype | None = None,
     ) -> None:
         ok = isinstance(decay, (int, float)) and not isinstance(decay, bool)
         if not ok or not math.isfinite(decay) or not 0.0 <= decay < 1.0:
@@ -67,7 +69,7 @@ class EMA(WeightAverage):
         self.warmup = bool(warmup)
         self.warmup_gamma, self.warmup_power = float(warmup_gamma), float(warmup_power)
         super().__init__(model, every=every, start_epoch=start_epoch, device=device,
-                         foreach=foreach, nonfinite=nonfinite)
+                         foreach=foreach, nonfinite=nonfinite, dtype=dtype)
 
     @property
     def current_decay(self) -> float:

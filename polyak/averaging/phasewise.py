@@ -9,7 +9,8 @@ with ``gamma = gamma0^(T_ref/T_p)``:
     at its end          w <- avg / (1-gamma^T_p)                      (Alg. 1 line 10)
 
 i.e. ``w <- sum_t (1-gamma) gamma^(T_p-t) / (1-gamma^T_p) * w_t``, written into the live model
-(every trainable parameter; ``requires_grad=False`` ones are left as they are), after which
+(every trainable parameter, rounded once to its dtype from the float32 aggregate of bf16/fp16
+ones; ``requires_grad=False`` ones are left as they are), after which
 BatchNorm is recalibrated (when a loader is given) and the next phase trains on from the
 aggregate. ``gamma^T_p = gamma0^T_ref`` for every phase length.
 
@@ -116,7 +117,7 @@ class PhaseWise(WeightAverage):
         self, model: nn.Module, phases: Iterable[int], gamma0: float = 0.9,
         ref_epochs: float = 80, momentum: str = "keep", optimizer: Any = None,
         device: torch.device | str | None = None, *, foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", dtype: torch.dtype | None = None,
     ) -> None:
         phases = _check_phases(phases)
         if not isinstance(gamma0, (int, float)) or not 0.0 < gamma0 < 1.0:
@@ -133,7 +134,7 @@ class PhaseWise(WeightAverage):
         self.momentum, self.optimizer = momentum, optimizer
         self._ends = [sum(phases[: i + 1]) for i in range(len(phases))]
         super().__init__(model, every="epoch", start_epoch=0, device=device, foreach=foreach,
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, dtype=dtype)
 
     # ------------------------------------------------------------------ phases
     @property

@@ -28,7 +28,8 @@ class Uniform(WeightAverage):
 
     ``every="epoch"`` collects in :meth:`end_epoch`; ``every=n`` (an int) collects in
     :meth:`step` at optimizer steps n, 2n, 3n, ... (counted from creation) that fall in epochs
-    ``>= start_epoch``. ``device`` keeps the average elsewhere (e.g. ``"cpu"``) than the model.
+    ``>= start_epoch``. ``device`` keeps the average elsewhere (e.g. ``"cpu"``) than the model;
+    ``dtype`` (default: float32 for bf16/fp16 parameters, else theirs) in another precision.
 
     Example::
 
@@ -43,10 +44,10 @@ class Uniform(WeightAverage):
     def __init__(
         self, model: nn.Module, start_epoch: int = 0, every: str | int = "epoch",
         device: torch.device | str | None = None, *, foreach: bool | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(model, every=every, start_epoch=start_epoch, device=device,
-                         foreach=foreach, nonfinite=nonfinite)
+                         foreach=foreach, nonfinite=nonfinite, dtype=dtype)
 
     def _update(self, src: list[Tensor]) -> None:
         if self.n_averaged == 0:
