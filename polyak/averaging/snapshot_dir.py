@@ -191,10 +191,13 @@ class SnapshotDir:
         return self.directory / snapshot_name(index, rank)
 
     def load(self, index: int, rank: int | None = None) -> dict[str, Any]:
-        """The payload of snapshot ``index`` (``rank``'s file when sharded), checked."""
+        """The payload of snapshot ``index`` (``rank``'s file when sharded; ``rank`` is ignored
+        otherwise), checked against the manifest."""
         if not 0 <= index < len(self):
             raise IndexError(f"snapshot {index} out of range (0..{len(self) - 1})")
-        if self.sharded and rank is None:
+        if not self.sharded:
+            rank = None
+        elif rank is None:
             raise ValueError("Invalid rank: None (the snapshots are sharded: one file per rank "
                              f"0..{self.world_size - 1})")
         return load_file(self.path(index, rank), self.manifest, index, rank)

@@ -15,8 +15,8 @@ that dtype on the parameters' device during training (``len(profiles)`` extra mo
 Disk cost per snapshot: ``P * itemsize * (1 + len(profiles))`` bytes for ``P`` parameter
 entries, plus ``torch.save``'s records: about 0.2 KB per stored tensor (``1 + len(profiles)`` per
 parameter tensor) and 1.5 KB per file. A 1.2 M-parameter float32 model takes 4.8 MB a snapshot
-without profiles, 14.4 MB with two. ``bytes_per_snapshot`` gives the data part; the manifest grows by about 40 bytes
-a snapshot and is rewritten (atomically) after each one.
+without profiles, 14.4 MB with two. ``bytes_per_snapshot`` gives the data part; the manifest
+grows by about 40 bytes a snapshot and is rewritten (atomically) after each one.
 
 Distributed: under DDP (replicated parameters) only rank 0 writes; under FSDP2 (``fully_shard``,
 DTensor parameters on a 1-D mesh) every rank writes its own shard file and rank 0 the manifest;
@@ -248,6 +248,9 @@ class Snapshots:
 
     @torch.no_grad()
     def _write(self, epoch: int) -> None:
+        if self._profiles and self.steps == 0:
+            raise ValueError("Snapshots(profiles=...) was told of no optimizer step before this "
+                             "snapshot: call step() after every optimizer step (a Method does)")
         if not self._synced:
             self._sync()
         info = SnapshotInfo(len(self.entries), self.steps, epoch)

@@ -96,6 +96,12 @@ def test_bad_arguments_are_named(tmp_path, kwargs, message):
         Snapshots(net(), tmp_path, **kwargs)
 
 
+def test_profiles_without_steps_are_refused(tmp_path):
+    snaps = Snapshots(net(), tmp_path, profiles=(0.1,))
+    with pytest.raises(ValueError, match="told of no optimizer step"):
+        snaps.end_epoch(0)
+
+
 def test_a_failed_write_leaves_the_earlier_snapshots_and_no_partial_file(tmp_path, monkeypatch):
     model = net()
     snaps = Snapshots(model, tmp_path)
