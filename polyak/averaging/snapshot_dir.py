@@ -63,8 +63,9 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync it, rename it to ``path``."""
+def atomic_write(path: Path, write: Any, sync_dir: bool = True) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync it, rename it to ``path``
+    (and fsync the directory, making the rename durable, unless ``sync_dir=False``)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -75,7 +76,8 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:

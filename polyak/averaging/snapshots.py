@@ -263,7 +263,9 @@ class Snapshots:
                 "profiles": [[_compact(t) for t in prof] for prof in self._profiles],
             }
             path = self.directory / snapshot_name(info.index, self._file_rank())
-            atomic_write(path, lambda f: torch.save(payload, f))
+            # the directory is fsynced once, after the manifest's rename (or now, off rank 0)
+            atomic_write(path, lambda f: torch.save(payload, f), sync_dir=self.rank not in
+                         (None, 0))
         self.entries.append(info)
         if self.rank in (None, 0):
             write_manifest(self.directory, self._manifest())

@@ -106,17 +106,27 @@ CASES = {   # name: (online average, snapshots' every, weights from the snapshot
 }
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, F64), (torch.float32, F32)])
+@pytest.fixture(scope="module", params=[torch.float64, torch.float32], ids=["f64", "f32"])
+def one_run(request, tmp_path_factory):
+    """ONE training run with every online average of CASES and snapshots at each ``every``."""
+    root = tmp_path_factory.mktemp("online")
+    model = net(request.param)
+    online = {case: make(model) for case, (make, _, _) in CASES.items()}
+    everies = {every for _, every, _ in CASES.values()}
+    train(model, [*online.values(), *(Snapshots(model, root / str(e), every=e) for e in everies)])
+    return request.param, online, {e: SnapshotDir(root / str(e)) for e in everies}
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_reconstruction_equals_the_online_average(tmp_path, case, dtype, tol):
-    make, every, family = CASES[case]
-    model = net(dtype)
-    online = make(model)
-    train(model, [online, Snapshots(model, tmp_path, every=every)])
-    snaps = SnapshotDir(tmp_path)
+def test_reconstruction_equals_the_online_average(one_run, case):
+    dtype, online, dirs = one_run
+    _, every, family = CASES[case]
+    snaps = dirs[every]
     state = reconstruct(snaps, family(snaps))
-    assert list(state) == [n for n, _ in model.named_parameters()]
-    assert_lists_close(state.values(), online.averaged(), **tol)
+    assert list(state) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert {t.dtype for t in state.values()} == {dtype}
+    assert_lists_close(state.values(), online[case].averaged(),
+                       **(F64 if dtype == torch.float64 else F32))
 
 
 def test_windows_and_latest_equal_explicit_means_of_the_iterates(tmp_path):
