@@ -19,6 +19,7 @@ from polyak.averaging.bn import bn_modules, default_forward, recalibrate_bn, sav
 from polyak.averaging.ema import EMA
 from polyak.averaging.phasewise import PhaseWise, phase_weights, reset_momentum
 from polyak.averaging.posthoc import (
+    FAMILIES,
     applied,
     copy_to,
     ema_weights,
@@ -46,8 +47,8 @@ __all__ = [
     "EMA", "PhaseWise", "Uniform", "WeightAverage", "bn_modules", "default_forward",
     "phase_weights", "recalibrate_bn", "reset_momentum", "saved_bn_buffers",
     # post-hoc averaging
-    "Snapshots", "SnapshotDir", "SnapshotError", "SnapshotInfo", "PowerEMAFit", "applied",
-    "copy_to", "ema_weights", "end_only_weights", "gamma_to_sigma_rel", "latest_weights",
+    "FAMILIES", "Snapshots", "SnapshotDir", "SnapshotError", "SnapshotInfo", "PowerEMAFit",
+    "applied", "copy_to", "ema_weights", "end_only_weights", "gamma_to_sigma_rel", "latest_weights",
     "power_ema_fit", "power_ema_weights", "pwa_weights", "reconstruct", "reconstruct_many",
     "select", "sigma_rel_to_gamma", "uniform_weights",
 ]

@@ -43,11 +43,12 @@ from torch import Tensor, nn
 from polyak.averaging.base import _is_sharded, _local
 from polyak.averaging.bn import Forward, recalibrate_bn, saved_bn_buffers
 from polyak.averaging.phasewise import phase_weights
+from polyak.averaging.power_ema import power_ema_fit
 from polyak.averaging.snapshot_dir import SnapshotDir, SnapshotInfo, local_shapes
 from polyak.distributed import is_distributed, rank, world_size
 
-__all__ = ["select", "uniform_weights", "end_only_weights", "ema_weights", "latest_weights",
-           "pwa_weights", "reconstruct", "reconstruct_many", "copy_to", "applied"]
+__all__ = ["FAMILIES", "select", "uniform_weights", "end_only_weights", "ema_weights",
+           "latest_weights", "pwa_weights", "reconstruct", "reconstruct_many", "copy_to", "applied"]
 
 _BY = ("epoch", "step", "index")
 
@@ -173,6 +174,12 @@ def pwa_weights(
         gamma = gamma0 ** (ref_epochs / len(chosen))
     gamma = _check_unit(gamma, "gamma", low_open=True)
     return _spread(len(_entries(snapshots)), chosen, phase_weights(len(chosen), gamma))
+
+
+#: the families by name (for a command line): each takes the snapshots, then its arguments, and
+#: gives what :func:`reconstruct` takes ("power-ema" a :class:`PowerEMAFit`).
+FAMILIES = {"uniform": uniform_weights, "end-only": end_only_weights, "ema": ema_weights,
+            "latest": latest_weights, "pwa": pwa_weights, "power-ema": power_ema_fit}
 
 
 # ---------------------------------------------------------------------- reconstruction

@@ -16,6 +16,7 @@ from torch.utils._pytree import tree_flatten
 import polyak
 from polyak.averaging import (
     EMA,
+    FAMILIES,
     PhaseWise,
     SnapshotDir,
     SnapshotInfo,
@@ -213,6 +214,27 @@ def test_method_observer_reconstructs_its_ema_across_a_resume(tmp_path):
     assert_lists_close(state.values(), method.averaging.averaged(), **F64)
 
 
+def test_an_online_average_is_an_observer_too():
+    """Non-feeding averages of one trajectory (observers of one Method) equal those of separate
+    runs bit for bit: what a benchmark sharing one training run between methods relies on."""
+    def run(averaging, observers=()):
+        model = net()
+        method = polyak.Method(model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9),
+                               averaging=averaging(model), observers=[o(model) for o in observers])
+        for epoch in range(EPOCHS):
+            for i in range(STEPS):
+                method.step(lambda s=epoch * STEPS + i: loss_of(model, s))
+            method.end_epoch(epoch)
+        return method
+
+    shared = run(lambda m: EMA(m, 0.9), [lambda m: Uniform(m, start_epoch=2),
+                                         lambda m: EMA(m, 0.5, every="epoch")])
+    for average, alone in zip(shared.observers, (run(lambda m: Uniform(m, start_epoch=2)),
+                                                 run(lambda m: EMA(m, 0.5, every="epoch")))):
+        for a, b in zip(average.averaged(), alone.averaging.averaged()):
+            assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------- into a model
 def test_copy_to_and_applied_write_the_average_and_recalibrate_bn(tmp_path):
     from avg_helpers import bn_net, image_batches, random_iterate
@@ -251,9 +273,11 @@ def test_copy_to_and_applied_write_the_average_and_recalibrate_bn(tmp_path):
 
 def test_reconstruct_many_reads_each_file_once_and_equals_separate_calls(tmp_path, monkeypatch):
     model = net()
-    train(model, [Snapshots(model, tmp_path, every=1)])
+    train(model, [Snapshots(model, tmp_path, every=1, profiles=(0.05, 0.2))])
     d = SnapshotDir(tmp_path)
-    families = [ema_weights(d, 0.9), uniform_weights(d, 2), latest_weights(d, 3)]
+    families = [FAMILIES["ema"](d, 0.9), FAMILIES["uniform"](d, 2), FAMILIES["latest"](d, 3),
+                FAMILIES["pwa"](d, 3, 4), FAMILIES["end-only"](d, 1),
+                FAMILIES["power-ema"](d, 0.1)]
     separate = [reconstruct(d, w) for w in families]
     reads = []
     original = SnapshotDir.load
