@@ -20,7 +20,8 @@ grows by about 40 bytes a snapshot and is rewritten (atomically) after each one.
 
 Distributed: under DDP (replicated parameters) only rank 0 writes; under FSDP2 (``fully_shard``,
 DTensor parameters on a 1-D mesh) every rank writes its own shard file and rank 0 the manifest;
-the run id (and under FSDP2 the shard sizes) are exchanged at construction: build it on every rank.
+the run id (and under FSDP2 the shard sizes) are exchanged at the first snapshot or load (a
+collective every rank reaches at the same step): build it on every rank.
 """
 
 from __future__ import annotations
@@ -83,14 +84,6 @@ def _compact(t: Tensor) -> Tensor:
     return t if whole else t.clone()
 
 
-def _shared_run_id() -> str:
-    """A new random run id, rank 0's on every rank (one collective under torch.distributed)."""
-    box = [uuid.uuid4().hex]
-    if is_distributed():
-        torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class Snapshots:
     """Write snapshots of ``model``'s trajectory to ``directory`` (see the module docstring).
 
@@ -146,17 +139,14 @@ class Snapshots:
         params = [p for _, p in named]
         self._dtypes = [_snapshot_dtype(p, dtype) for p in params]
         self.sharded = any(_is_sharded(p) for p in params)
-        self.rank = rank() if is_distributed() else None
-        self._writes = self.sharded or self.rank in (None, 0)
         self._parameters = self._describe(model, named)
         self._profiles = [[torch.zeros_like(_local(p), dtype=d) for p, d in
                            zip(params, self._dtypes)] for _ in self.gammas]
-        self.run_id = _shared_run_id()
+        self.run_id = uuid.uuid4().hex
+        self.rank: int | None = None      # set by _setup, once the process group is up
         self.steps, self.epoch = 0, 0
         self.entries: list[SnapshotInfo] = []
-        self._synced, self._resumed, self._after_end = False, False, False
-        if self._writes:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        self._ready, self._synced, self._resumed, self._after_end = False, False, False, False
 
     # ------------------------------------------------------------------ description
     def _describe(self, model: nn.Module, named: list[tuple[str, Tensor]]) -> list[dict]:
@@ -165,15 +155,15 @@ class Snapshots:
             out.append({"name": name, "shape": list(p.shape), "dtype": str(p.dtype)[6:],
                         "snapshot_dtype": str(d)[6:], "trainable": bool(p.requires_grad)})
         if self.sharded:
-            self._add_shards(out, [p for _, p in named])
+            self._shard_dims(out, [p for _, p in named])
         self._batchnorm = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
         return out
 
-    def _add_shards(self, out: list[dict], params: list[Tensor]) -> None:
-        """``shard_dim``/``shard_sizes`` of each parameter (FSDP2: ``Shard(0)`` on a 1-D mesh)."""
+    def _shard_dims(self, out: list[dict], params: list[Tensor]) -> None:
+        """``shard_dim`` of each parameter (FSDP2: ``Shard(0)`` on a 1-D mesh), None when
+        replicated; the sizes of every rank's shard are gathered by :meth:`_setup`."""
         from torch.distributed.tensor import Replicate, Shard
 
-        dims = []
         for desc, p in zip(out, params):
             placements = getattr(p, "placements", (Replicate(),))
             mesh = getattr(p, "device_mesh", None)
@@ -182,13 +172,36 @@ class Snapshots:
                 raise ValueError(f"Invalid model: parameter {desc['name']!r} is laid out as "
                                  f"{placements} (Snapshots takes FSDP2's Shard(dim) or "
                                  "Replicate() on a 1-D mesh of every rank)")
-            dims.append(placements[0].dim if isinstance(placements[0], Shard) else None)
-        local = [None if d is None else _local(p).shape[d] for p, d in zip(params, dims)]
-        gathered: list[Any] = [None] * world_size()
-        torch.distributed.all_gather_object(gathered, local)
-        for i, (desc, d) in enumerate(zip(out, dims)):
-            desc["shard_dim"] = d
-            desc["shard_sizes"] = None if d is None else [int(g[i]) for g in gathered]
+            desc["shard_dim"] = placements[0].dim if isinstance(placements[0], Shard) else None
+
+    def _setup(self) -> None:
+        """What needs the process group, done once it is up (at the first write or load, which
+        every rank reaches at the same step; Lightning starts the group after the model is
+        built): this rank, rank 0's run id, every rank's shard sizes; then the directory."""
+        if self._ready:
+            return
+        self.rank = rank() if is_distributed() else None
+        if is_distributed():
+            box = [self.run_id]
+            torch.distributed.broadcast_object_list(box, src=0)
+            self.run_id = box[0]
+        if self.sharded:
+            params = list(self.model.parameters())
+            local = [None if d["shard_dim"] is None else _local(p).shape[d["shard_dim"]]
+                     for d, p in zip(self._parameters, params)]
+            gathered: list[Any] = [None] * world_size()
+            torch.distributed.all_gather_object(gathered, local)
+            for i, desc in enumerate(self._parameters):
+                desc["shard_sizes"] = None if desc["shard_dim"] is None else \
+                    [int(g[i]) for g in gathered]
+        if self._writes:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._ready = True
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes snapshot files (FSDP2: every rank; else rank 0)."""
+        return self.sharded or self.rank in (None, 0)
 
     @property
     def bytes_per_snapshot(self) -> int:
@@ -216,6 +229,7 @@ class Snapshots:
     def _sync(self) -> None:
         """Make the directory agree with this object: refuse another run's snapshots (unless
         ``overwrite``), check this run's earlier files are there, delete later ones."""
+        self._setup()
         if not self._writes:
             self._synced = True
             return

@@ -60,13 +60,17 @@ def test_fsdp2_shards_reconstruct_the_one_process_average(spawned, tmp_path):
                        .values(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
-def test_ddp_only_rank_0_writes(spawned):
-    root, results = spawned
-    d = SnapshotDir(root / "runs" / "ddp")
+@pytest.mark.slow   # starts 2 processes (~10 s)
+def test_ddp_only_rank_0_writes_also_when_built_before_the_process_group(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(ranks.ddp_late_group, args=(str(tmp_path), ck.free_port()), nprocs=2, join=True)
+    d = SnapshotDir(tmp_path / "ddp")
     assert not d.sharded and d.world_size == 2
     assert sorted(p.name for p in d.directory.glob("snapshot-*")) == [
         f"snapshot-{i:06d}.pt" for i in range(3)]
     assert [e.step for e in d.entries] == [2, 4, 6]
     for r in (0, 1):
-        assert results[r]["ddp"] == {"steps": 6, "written": 3, "run_id": d.manifest["run_id"]}
+        got = torch.load(tmp_path / f"ddp-rank{r}.pt", weights_only=True)
+        assert got == {"steps": 6, "written": 3, "run_id": d.manifest["run_id"]}
+    reconstruct(d, ema_weights(d, 0.5))          # every file is rank 0's run's
