@@ -41,6 +41,7 @@ class Stepping:
     nonfinite: str
     steps: int
     epochs_done: int
+    observers: list[Any]
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One micro-batch: ``closure()`` returns its loss (no backward), or, without a closure,
@@ -113,11 +114,17 @@ class Stepping:
         if not done:
             self.skipped_steps += 1
             return
+        self._after_step()
+
+    def _after_step(self) -> None:
+        """An optimizer step was taken: count it, then tell the averaging and the observers."""
         self.steps += 1
         if self.averaging is not None and self.averaging_started:
             step_hook = getattr(self.averaging, "step", None)
             if step_hook is not None:
                 step_hook()
+        for observer in self.observers:
+            observer.step()
 
     def _prepared_grads(self, what: str) -> tuple[list[Tensor], bool]:
         """Unscale, complete a short cycle, clip; (parameters with a gradient, all finite)."""

@@ -34,6 +34,10 @@ The pieces are independent and any combination works:
 - ``switches``: :class:`SwitchOptimizer` pieces that replace the optimizer once, at an epoch or
   when a trigger fires (e.g. Gadam + Lookahead: Lookahead until the averaging starts).
 - ``stop_trigger``: early stopping; :attr:`Method.should_stop` becomes true when it fires.
+- ``observers`` (or :meth:`Method.observe`): objects told about every optimizer step taken
+  (``step()``, after the averaging's) and every epoch end (``end_epoch(epoch)``, before the
+  averaging's, so they see the raw iterate), whose ``state_dict()`` the Method's carries, e.g.
+  :class:`polyak.averaging.Snapshots` for post-hoc averaging.
 - the step pieces of :mod:`polyak.loop`: ``clip`` (:class:`~polyak.loop.ClipGradNorm` or
   :class:`~polyak.loop.ClipGradValue`, applied to the gradient each pass steps with),
   ``scaler`` (a ``torch.amp.GradScaler``), ``accumulate`` (micro-batches per optimizer step) and
@@ -142,6 +146,7 @@ class Method(Stepping):
         switches: Iterable[SwitchOptimizer] = (), stop_trigger: Any = None, name: str = "",
         clip: Callable[[list[Tensor]], Tensor | None] | None = None, scaler: Any = None,
         accumulate: int = 1, warmup_steps: int = 0, nonfinite: str = "raise",
+        observers: Iterable[Any] = (),
     ) -> None:
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (an integer >= 1)")
@@ -176,6 +181,9 @@ class Method(Stepping):
         self._closures: list[Callable[[], Tensor]] = []   # SAM: the cycle's micro-batches
         self._cycle_loss: Tensor | None = None            # sum of the cycle's losses
         self._applied_lrs: list[float] | None = None
+        self.observers: list[Any] = []
+        for observer in observers:
+            self.observe(observer)
         if self._is_schedule_free():
             optimizer.train()
         self._apply_lr()
@@ -243,6 +251,17 @@ class Method(Stepping):
         if callable(carry) and self.averaging is not None and self.averaging_started:
             carry(self.averaging)
 
+    def observe(self, observer: Any) -> Any:
+        """Attach ``observer`` (before training; see the module docstring); returns it."""
+        missing = [m for m in ("step", "end_epoch", "state_dict", "load_state_dict")
+                   if not callable(getattr(observer, m, None))]
+        if missing:
+            raise ValueError(f"Invalid observer: {observer!r} (it needs step(), "
+                             "end_epoch(epoch), state_dict() and load_state_dict(); missing "
+                             f"{', '.join(missing)})")
+        self.observers.append(observer)
+        return observer
+
     @property
     def lr(self) -> float:
         """The current learning rate of the first parameter group."""
@@ -261,6 +280,8 @@ class Method(Stepping):
         self._check_metrics(val_loss, val_acc)
         if self._accumulation.count:          # a cycle cut short by the end of the epoch
             self._optimizer_step()
+        for observer in self.observers:       # before the averaging: the raw iterate
+            observer.end_epoch(epoch)
         self._end_averaging(epoch, val_loss, val_acc, bn_loader, forward)
         on_epoch = getattr(self.optimizer, "end_epoch", None)
         if callable(on_epoch):
@@ -376,6 +397,7 @@ class Method(Stepping):
             "averaging": sd(self.averaging), "averaging_trigger": sd(self.averaging_trigger),
             "stop_trigger": sd(self.stop_trigger),
             "switches": [s.state_dict() for s in self.switches],
+            "observers": [o.state_dict() for o in self.observers],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -383,6 +405,9 @@ class Method(Stepping):
         cycle of gradient accumulation in progress is dropped (save at epoch ends)."""
         if len(state["switches"]) != len(self.switches):
             raise ValueError("state_dict is from a Method with a different number of switches")
+        if len(state.get("observers", [])) != len(self.observers):
+            raise ValueError(f"state_dict holds {len(state.get('observers', []))} observers' "
+                             f"states, this Method has {len(self.observers)} observers")
         for name in ("averaging", "averaging_trigger", "stop_trigger"):
             if (getattr(self, name) is None) != (state[name] is None):
                 raise ValueError(f"state_dict {name} does not match this Method's")
@@ -395,6 +420,8 @@ class Method(Stepping):
             obj = getattr(self, name)
             if obj is not None:
                 obj.load_state_dict(state[name])
+        for observer, obs_state in zip(self.observers, state.get("observers", [])):
+            observer.load_state_dict(obs_state)
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.base_lrs = list(state["base_lrs"])

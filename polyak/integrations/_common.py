@@ -60,7 +60,7 @@ def sam_step(method: Method, closure: Callable[[], Any] | None,
     at w and at w + e. Without: the first step from the present (clean) gradients, then
     ``second_pass()`` (forward and backward of the same batch) at w + e with BatchNorm statistics
     frozen, then the second step. The Method's ``clip`` applies to each pass's gradient; the
-    learning rate, step count and per-step averaging are those of :meth:`Method.step`."""
+    learning rate, step count, per-step averaging and observers are those of :meth:`Method.step`."""
     opt = method.optimizer
     params = [p for group in opt.param_groups for p in group["params"]]
 
@@ -87,12 +87,8 @@ def sam_step(method: Method, closure: Callable[[], Any] | None,
         raise ValueError("SAM needs a second forward and backward pass per step: "
                          "give step() a closure")
     opt.zero_grad(set_to_none=True)
-    method.steps += 1
     method.last_step_skipped = False
-    if method.averaging is not None and method.averaging_started:
-        on_step = getattr(method.averaging, "step", None)
-        if on_step is not None:
-            on_step()
+    method._after_step()     # the step count, the per-step averaging and the observers
     return loss
 
 

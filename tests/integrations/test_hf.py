@@ -181,3 +181,23 @@ def test_unsupported_fails_at_construction_with_one_line(tmp_path, spec, kwargs,
         PolyakTrainer(model=model, args=arguments(tmp_path, **kwargs),
                       train_dataset=dataset(x, y), eval_dataset=dataset(xv, yv), method=method)
     assert "\n" not in str(err.value)
+
+
+def test_snapshots_follow_every_sam_step_and_are_carried_by_hf_checkpoints(tmp_path):
+    """SAM under the Trainer (its two passes in polyak's sam_step): one snapshot per optimizer
+    step, the snapshot state in the checkpoint's optimizer.pt (loaded with weights_only)."""
+    from polyak.averaging import SnapshotDir, Snapshots
+
+    model = Model()
+    trainer, method = hf_trainer(tmp_path / "run", "sam", model, cls=PolyakTrainer,
+                                 save_strategy="epoch")
+    method.observe(Snapshots(model, tmp_path / "snapshots", every=1))
+    trainer.train()
+    d = SnapshotDir(tmp_path / "snapshots")
+    assert method.steps == EPOCHS * 4
+    assert [(e.step, e.epoch) for e in d.entries] == [(s, (s - 1) // 4)
+                                                      for s in range(1, EPOCHS * 4 + 1)]
+    saved = torch.load(tmp_path / "run" / "checkpoint-8" / "optimizer.pt", weights_only=True)
+    assert saved["observers"][0]["steps"] == 8 and len(saved["observers"][0]["entries"]) == 8
+    for got, want in zip(d.load(len(d) - 1)["iterate"], model.parameters()):
+        assert torch.equal(got, want.detach())   # write_at_end: SAM reports the live weights

@@ -218,3 +218,34 @@ def test_write_at_end_false_keeps_live_weights_and_validate_sees_reported():
     for key, value in module.state_dict().items():       # the live weights are back
         assert torch.equal(value, live[key]), key
     assert abs(evaluate(module, xv, yv)[0] - loss) > 1e-4  # and they differ from the average
+
+
+def test_snapshots_are_written_and_carried_by_lightning_checkpoints(tmp_path):
+    """A Method with Snapshots attached: one snapshot every 2 optimizer steps, its state in the
+    Lightning checkpoint; resuming from it rewrites the later snapshots exactly as they were."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from polyak.averaging import SnapshotDir, Snapshots
+
+    train, val, _ = loaders()
+
+    def run(seed: int, dirpath, **fit_kwargs) -> SnapshotDir:
+        module = Module(seed)
+        method = polyak.recipe("sgdm", module, EPOCHS, len(train))
+        method.observe(Snapshots(module, tmp_path / "snapshots", every=2))
+        keep = ModelCheckpoint(dirpath=dirpath, filename="{epoch}", save_top_k=-1)
+        trainer(PolyakCallback(method), keep, enable_checkpointing=True).fit(
+            module, train, val, **fit_kwargs)
+        return SnapshotDir(tmp_path / "snapshots")
+
+    full = run(0, tmp_path / "first")
+    assert [(e.step, e.epoch) for e in full.entries] == [(2 * (i + 1), i // 2) for i in range(8)]
+    iterates = [full.load(i)["iterate"] for i in range(len(full))]
+    ckpt = tmp_path / "first" / "epoch=1.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["observers"][0]
+    assert saved["steps"] == 8 and saved["entries"] == [[i, 2 * (i + 1), i // 2] for i in range(4)]
+    resumed = run(1, tmp_path / "second", ckpt_path=ckpt)   # other initial weights
+    assert resumed.entries == full.entries
+    for i, want in enumerate(iterates):
+        for got, w in zip(resumed.load(i)["iterate"], want):
+            assert torch.equal(got, w)
