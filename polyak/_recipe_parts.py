@@ -242,8 +242,8 @@ AVERAGING_DEFAULTS: dict[str, dict[str, Any]] = {
     "ema": {"ema_decay": 0.999, "ema_warmup": True},
     "phasewise": {"gamma0": 0.9, "momentum_policy": "keep", "schedule": "step"},
     "final": {"gamma0": 0.9, "schedule": "step"},
-    "auto": {"patience": OfBudget(10 / 300, "GadamAuto: patience 10 of 300 epochs",
-                                  minimum=2),
+    "auto": {"patience": OfBudget(10 / 300, "GadamAuto: patience 10 on the paper's "
+                                  "300-epoch budget", minimum=2),
              "schedule": "constant"},
 }
 

@@ -1,7 +1,7 @@
 """Triggers: "fire once, ``patience`` epochs after the last best".
 
 One ``Plateau`` drives three decisions of the papers:
-- GadamAuto (Granziol et al., Sec. 5): averaging starts once ``patience`` epochs pass without a
+- GadamAuto (Granziol et al., App. A.2): averaging starts once ``patience`` epochs pass without a
   new best validation accuracy (``mode="max"``);
 - TSO-ALRA (Ida & Fujiwara): the switch to SGD when the validation loss stops improving;
 - early stopping (GadamAuto, App. A.2: terminated by the same patience once averaging runs).

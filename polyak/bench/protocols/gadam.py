@@ -52,7 +52,7 @@ def _shares(arm: str) -> Plan:
     return Plan(shares=arm, text=f"{arm}'s tuned values (IA optimizers reuse their base's)")
 
 
-_SGD_SOURCES = {"schedule": LINEAR, "plan": SGD_GRID, "weight_decay": WD_AFTER}
+_SGD_SOURCES = {"schedule": LINEAR, "plan": SGD_GRID, "weight_decay": WD_AFTER, "batch": BATCH}
 _ADAMW_SOURCES = {"lr": ADAMW_LR, "schedule": LINEAR, "weight_decay": WD_SCALED}
 
 ARMS = (

@@ -22,6 +22,7 @@ SGD = Quote("Sec. 3.1", "we apply the baseline SGD optimizer with a momentum of 
 STEPS = Quote("Sec. 3.1", "The learning rate is then divide by 10 after the 80th and 120th "
               "training epochs")
 WD = Quote("Sec. 3", "Wide-ResNet28-10 [33] and DenseNet121 [11] with a weight decay of 0.0005")
+BATCH = Quote("Sec. 3", "The size of mini-batch is 128.")
 GAMMA_RULE = Quote("Sec. 3.1", "we apply the decaying factor gamma = gamma_0^(80/T) where T "
                    "denotes a period of a training phase")
 END = Quote("Sec. 3.1", "aggregates parameters at the end of whole training as in Polyak "
@@ -34,7 +35,7 @@ TABLE3 = Quote("Sec. 3.3", "over 80 epochs with a (constant) initial learning ra
 
 _STEP = {"schedule": "step", "lr": 0.1, "weight_decay": 5e-4}
 _FIXED = Plan(text="not tuned: lr 0.1, the paper's setting")
-_SOURCES = {"lr": SGD, "schedule": STEPS, "weight_decay": WD}
+_SOURCES = {"lr": SGD, "schedule": STEPS, "weight_decay": WD, "batch": BATCH}
 _T2 = {"schedule": "step", "lr": 1e-3, "weight_decay": 5e-4}
 _T3 = {"schedule": "constant", "budget": 0.5, "lr": 1e-3, "weight_decay": 5e-4}
 _ADAPTIVE_PLAN = Plan(text="not tuned: lr 0.001 and the optimizer's published defaults")

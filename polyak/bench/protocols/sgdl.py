@@ -31,7 +31,8 @@ BEATS = Quote("Sec. 6.3", "outperforms vanilla SGD exceedingly")
 _SETTINGS = {"schedule": "thirds", "weight_decay": 5e-3}
 _SMALL = (1e-3, 1e-2, 5e-2, 1e-1)
 _GRID = Plan(({"lr": _SMALL},), text="lr in {0.001, 0.01, 0.05, 0.1} (App. A.3.1, Table 1)")
-_SOURCES = {"schedule": STEPS, "weight_decay": GRID, "lr": GRID}
+_SOURCES = {"schedule": STEPS, "weight_decay": GRID, "lr": GRID, "budget": BUDGET,
+            "network": SETUP}
 
 ARMS = (
     Arm(f"sgd@{KEY}", "sgd", _SETTINGS, _GRID,

@@ -35,7 +35,7 @@ LOWER = Quote("Sec. V-B", "our method finally outperformed both of them")
 
 _SETTINGS = {"schedule": "tso-alra", "weight_decay": 0.0}
 _LRS = (1e-1, 1e-2, 1e-3, 1e-4)
-_SOURCES = {"schedule": SETUP, "weight_decay": SETUP}
+_SOURCES = {"schedule": SETUP, "weight_decay": SETUP, "metric": NLL}
 _SWITCH = tuple(OfBudget(k / 164, f"epoch {k} of the paper's 164") for k in range(5, 80, 5))
 _ADAM_PLAN = Plan(({"lr": _LRS, "beta1": (0.9, 0.99)},),
                   text="lr in {1e-1, ..., 1e-4} x beta1 in {0.9, 0.99} (Sec. V-A)")
