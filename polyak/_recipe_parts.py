@@ -1,21 +1,28 @@
 """The pieces recipes are assembled from: base optimizers with their schedules, and averagings.
 
-A base is an optimizer with its published hyper-parameters and the learning-rate schedule of the
-paper it comes from; an averaging adds a weight average and may replace the schedule:
+A base is an optimizer with its published hyper-parameters and a default learning-rate schedule
+(the ``schedule`` hyper-parameter: a name of :data:`polyak._budget.SCHEDULES` or a rule value,
+so a paper's protocol can run any base on its own schedule); an averaging adds a weight average
+and may set the schedule:
 
 - ``uniform``: Polyak/SWA/Gadam averaging once per epoch from ``avg_start`` (default: the fraction
-  161/300 of the budget); the schedule becomes Gadam eq. 13 (constant, linear down to
+  161/300 of the budget) with the schedule of Gadam eq. 13 (``"swa"``: constant, linear down to
   ``avg_ratio`` of the base lr by 0.9 * avg_start, held there while averaging);
 - ``ema``: exponential average every step (``ema_decay``), the base schedule is kept;
-- ``phasewise``: PWA (Kobayashi Alg. 1): ``phases`` constant-lr phases (3: 50/25/25 % with lr
-  factors 1, 0.1, 0.01; 1: one phase over the whole budget), gamma = gamma0^(T_1/T_p); the
-  momentum buffers at each restart follow ``momentum_policy`` ("keep" or "reset");
-- ``auto``: GadamAuto: constant lr; uniform averaging starts once the validation accuracy has not
-  improved for ``patience`` epochs (5, the authors' code; the paper says 10 of 300 epochs).
+- ``phasewise``: PWA (Kobayashi Alg. 1) over the phases of the base's step schedule (``"step"``:
+  50/25/25 %; ``"constant"``: one phase), ``gamma = gamma0^(80/T_p)`` (the paper's formula with
+  its 80, so the window is the same ~1/8 of every phase at any budget); the momentum buffers at
+  each restart follow ``momentum_policy`` ("keep" or "reset");
+- ``final``: the same exponential aggregate of the last phase, reported at the end and never
+  injected (PWA Table 1c's "at the end" arm: the step-decayed run itself, aggregated once);
+- ``auto``: GadamAuto (Gadam App. A.2): constant lr; uniform averaging starts once the validation
+  accuracy has not improved for ``patience`` epochs, and training stops once the averaged
+  model's has not improved for ``patience`` more (10 of the paper's 300 epochs, scaled).
 
-Defaults that count epochs or steps are rules, not numbers (:class:`OfBudget`, :class:`PerEpoch`,
-:class:`WindowPerStep`): they are resolved for a run's budget (``epochs``, ``steps_per_epoch``)
-and print as the rule (``polyak list``).
+Every recipe has ``warmup`` (epochs of linear lr warm-up) and ``budget`` (the fraction of the
+epochs it trains: PWA Table 3 runs 80 of 160 epochs; its schedule and phases span that part and
+the run stops there). Defaults that count epochs or steps are rules, not numbers
+(:mod:`polyak._budget`): they are resolved for a run's budget and print as the rule.
 """
 
 from __future__ import annotations
@@ -29,67 +36,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from polyak._budget import (  # noqa: F401  (re-exported: the rules recipes are written with)
+    SCHEDULES,
+    Constant,
+    Linear,
+    OfBudget,
+    PerEpoch,
+    Rule,
+    Steps,
+    SWALinear,
+    WindowPerStep,
+    phase_lengths,
+    schedule_rule,
+)
 from polyak.method import Method, SwitchOptimizer
 
 HALF_QUARTERS = (0.5, 0.25, 0.25)   # PWA 80/40/40 of 160, SWA/SAM, TSO-ALRA 81/122 of 164
 THIRDS = (1 / 3, 1 / 3, 1 / 3)      # SGDL: /10 at 1/3 and 2/3 of training
 AVG_START_FRACTION = 161 / 300      # Gadam / SWA: averaging from epoch 161 of 300
 PAPER_STEPS_PER_EPOCH = 391         # CIFAR-10, batch 128: the TSO-ALRA paper's epoch
-
-
-# ------------------------------------------------------------------ budget-scaled defaults
-@dataclass(frozen=True)
-class OfBudget:
-    """An epoch count that is a fixed fraction of the budget: ``round(fraction * epochs)``,
-    at least ``minimum`` and, with ``before_end``, at most ``epochs - 1``."""
-
-    fraction: float
-    source: str
-    minimum: int = 1
-    before_end: bool = False
-
-    def __call__(self, epochs: int, steps_per_epoch: int) -> int:
-        value = max(self.minimum, round(self.fraction * epochs))
-        return min(value, max(epochs - 1, self.minimum)) if self.before_end else value
-
-    def __str__(self) -> str:
-        return f"{self.fraction:.3g} x epochs ({self.source})"
-
-
-@dataclass(frozen=True)
-class PerEpoch:
-    """A step count that is a fixed fraction of an epoch:
-    ``max(1, round(fraction * steps_per_epoch))``."""
-
-    fraction: float
-    source: str
-
-    def __call__(self, epochs: int, steps_per_epoch: int) -> int:
-        return max(1, round(self.fraction * steps_per_epoch))
-
-    def __str__(self) -> str:
-        return f"{self.fraction:.3g} x steps per epoch ({self.source})"
-
-
-@dataclass(frozen=True)
-class WindowPerStep:
-    """A per-step EMA weight whose window is a fixed fraction of an epoch: the weight ``gamma``
-    at ``reference`` steps per epoch becomes ``1 - (1 - gamma)^(reference / steps_per_epoch)``
-    (the same decay per epoch, so the same number of epochs averaged)."""
-
-    gamma: float
-    reference: int
-    source: str
-
-    def __call__(self, epochs: int, steps_per_epoch: int) -> float:
-        return min(1.0, 1.0 - (1.0 - self.gamma) ** (self.reference / steps_per_epoch))
-
-    def __str__(self) -> str:
-        return (f"{self.gamma:g} per step at {self.reference} steps per epoch, the same decay "
-                f"per epoch at other epoch lengths ({self.source})")
-
-
-Rule = OfBudget | PerEpoch | WindowPerStep
+PWA_REF_EPOCHS = 80                 # PWA: gamma = gamma0^(80/T_p) for every phase length T_p
 
 
 def resolve(defaults: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> dict[str, Any]:
@@ -100,23 +66,11 @@ def resolve(defaults: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> d
 
 def shown(value: Any) -> str:
     """A default as ``polyak list`` shows it (rules as their formula)."""
-    return str(value) if isinstance(value, Rule) else repr(value)
+    return str(value) if isinstance(value, (*Rule.__args__, Steps, Linear, SWALinear, Constant)) \
+        else repr(value)
 
 
 # ------------------------------------------------------------------ schedules
-def phase_lengths(epochs: int, fractions: tuple[float, ...]) -> list[int]:
-    """Split ``epochs`` into phases at the cumulative ``fractions`` (each at least one epoch)."""
-    if epochs < len(fractions):
-        return [1] * epochs
-    bounds, acc = [], 0.0
-    for frac in fractions[:-1]:
-        acc += frac
-        bounds.append(min(max(round(acc * epochs), len(bounds) + 1),
-                          epochs - (len(fractions) - 1 - len(bounds))))
-    edges = [0, *bounds, epochs]
-    return [b - a for a, b in zip(edges, edges[1:])]
-
-
 def step_schedule(epochs: int, fractions: tuple[float, ...]) -> Callable[[float], float]:
     from polyak.schedules import step_phases
 
@@ -124,23 +78,12 @@ def step_schedule(epochs: int, fractions: tuple[float, ...]) -> Callable[[float]
     return step_phases(lengths, [0.1 ** i for i in range(len(lengths))])
 
 
-def linear_schedule(epochs: int) -> Callable[[float], float]:
-    from polyak.schedules import gadam_linear
-
-    return gadam_linear(epochs)
-
-
-def constant_schedule(epochs: int) -> Callable[[float], float] | None:
-    return None
-
-
 # ------------------------------------------------------------------ bases
 @dataclass(frozen=True)
 class Base:
     description: str
-    defaults: Mapping[str, Any]
+    defaults: Mapping[str, Any]   # the optimizer's hyper-parameters and its ``schedule``
     make: Callable[[nn.Module, dict[str, Any], int, int], torch.optim.Optimizer]
-    schedule: Callable[[int], Callable[[float], float] | None]
     needs: tuple[str, ...] = field(default=())
 
 
@@ -218,84 +161,90 @@ def _schedule_free(model: nn.Module, hp: dict[str, Any], epochs: int,
                                           weight_decay=hp["weight_decay"])
 
 
-def _sgd_hp(lr: float, momentum: float, **extra: Any) -> dict[str, Any]:
-    return {"lr": lr, "momentum": momentum, "weight_decay": 5e-4, **extra}
+def _sgd_hp(lr: float, momentum: float, schedule: str = "step", **extra: Any
+            ) -> dict[str, Any]:
+    return {"lr": lr, "momentum": momentum, "weight_decay": 5e-4, "schedule": schedule, **extra}
 
 
 def _adam_hp(lr: float, wd: float, partial: float, amsgrad: bool, decoupled: bool,
              **extra: Any) -> dict[str, Any]:
     return {"lr": lr, "beta1": 0.9, "beta2": 0.999, "weight_decay": wd, "partial": partial,
-            "amsgrad": amsgrad, "decoupled": decoupled, **extra}
+            "amsgrad": amsgrad, "decoupled": decoupled, "schedule": "linear", **extra}
 
 
 def _bound_hp(amsbound: bool) -> dict[str, Any]:
     return {"lr": 1e-3, "final_lr": 0.1, "gamma": 1e-3, "weight_decay": 5e-4,
-            "amsbound": amsbound}
+            "amsbound": amsbound, "schedule": "step"}
 
 
 _TSO_ALRA_HP = {
     "lr": 1e-2,
     "switch_epoch": OfBudget(0.1, "the paper tuned 5..75 of 164 epochs, 10-25 for most"),
-    "factor_decay": WindowPerStep(0.05, PAPER_STEPS_PER_EPOCH,
-                                  "a window of ~20 of the paper's 391 steps"),
-    "damping": 1e-3,
+    "factor_decay": 0.05,
+    "damping": 1e-6,
     "inv_every": PerEpoch(0.25, "4 inverse-root refreshes per epoch: ~100 of the paper's 391 "
                                 "steps; the paper does not give T_int"),
     "factor_every": 1,
     "factor_init": "batches",
+    "schedule": "tso-alra",
 }
 
-_STEP = lambda e: step_schedule(e, HALF_QUARTERS)  # noqa: E731
 _OPT = ("polyak.optim:Padam",)
 BASES: dict[str, Base] = {
-    "sgd": Base("Plain SGD, lr 0.1, step decay 50/25/25 %", _sgd_hp(0.1, 0.0), _sgd, _STEP),
+    "sgd": Base("Plain SGD, lr 0.1, step decay 50/25/25 %", _sgd_hp(0.1, 0.0), _sgd),
     "sgdm": Base("Momentum SGD (0.9), lr 0.1, wd 5e-4, step decay 50/25/25 %",
-                 _sgd_hp(0.1, 0.9), _sgd, _STEP),
+                 _sgd_hp(0.1, 0.9), _sgd),
     "sgdl": Base("SGDL: vanilla SGD with a 10x larger lr (1.0), decay at 1/3 and 2/3",
-                 _sgd_hp(1.0, 0.0), _sgd, lambda e: step_schedule(e, THIRDS)),
+                 _sgd_hp(1.0, 0.0, "thirds"), _sgd),
     "adam": Base("Adam (coupled L2 5e-4), lr 1e-3, Gadam eq. 12 schedule",
-                 _adam_hp(1e-3, 5e-4, 0.5, False, False), _padam, linear_schedule, _OPT),
+                 _adam_hp(1e-3, 5e-4, 0.5, False, False), _padam, _OPT),
     "amsgrad": Base("AMSGrad (coupled L2 5e-4), lr 1e-3, Gadam eq. 12 schedule",
-                    _adam_hp(1e-3, 5e-4, 0.5, True, False), _padam, linear_schedule, _OPT),
+                    _adam_hp(1e-3, 5e-4, 0.5, True, False), _padam, _OPT),
     "adamw": Base("AdamW (decoupled wd 0.25), lr 1e-3, Gadam eq. 12 schedule",
-                  _adam_hp(1e-3, 0.25, 0.5, False, True), _padam, linear_schedule, _OPT),
+                  _adam_hp(1e-3, 0.25, 0.5, False, True), _padam, _OPT),
     "padam": Base("Padam(partial 1/8, AMSGrad, decoupled wd 3e-4), lr 0.1 (GadamX's base)",
-                  _adam_hp(0.1, 3e-4, 0.125, True, True), _padam, linear_schedule, _OPT),
+                  _adam_hp(0.1, 3e-4, 0.125, True, True), _padam, _OPT),
     "adabound": Base("AdaBound, lr 1e-3 -> final 0.1, step decay 50/25/25 %",
-                     _bound_hp(False), _adabound, _STEP, ("polyak.optim:AdaBound",)),
+                     _bound_hp(False), _adabound, ("polyak.optim:AdaBound",)),
     "amsbound": Base("AMSBound, lr 1e-3 -> final 0.1, step decay 50/25/25 %",
-                     _bound_hp(True), _adabound, _STEP, ("polyak.optim:AdaBound",)),
-    "lookahead": Base("Lookahead(momentum SGD, k=5, alpha=0.5), step decay 50/25/25 %",
-                      _sgd_hp(0.1, 0.9, k=5, alpha=0.5), _lookahead(_sgd), _STEP,
+                     _bound_hp(True), _adabound, ("polyak.optim:AdaBound",)),
+    "lookahead": Base("Lookahead(momentum SGD, k=5, alpha=0.5), step decay 50/25/25 %; "
+                      "evaluated at its slow weights",
+                      _sgd_hp(0.1, 0.9, k=5, alpha=0.5), _lookahead(_sgd),
                       ("polyak.optim:Lookahead",)),
-    "lookahead-adamw": Base("Lookahead(AdamW, k=5, alpha=0.5), Gadam eq. 12 schedule",
+    "lookahead-adamw": Base("Lookahead(AdamW, k=5, alpha=0.5), Gadam eq. 12 schedule; "
+                            "evaluated at its slow weights",
                             _adam_hp(1e-3, 0.25, 0.5, False, True, k=5, alpha=0.5),
-                            _lookahead(_padam), linear_schedule,
-                            ("polyak.optim:Lookahead", *_OPT)),
+                            _lookahead(_padam), ("polyak.optim:Lookahead", *_OPT)),
     "sam": Base("SAM on momentum SGD (rho 0.05), lr 0.1, step decay 50/25/25 %",
-                _sgd_hp(0.1, 0.9, rho=0.05, adaptive=False), _sam, _STEP, ("polyak.optim:SAM",)),
-    "asam": Base("Adaptive SAM on momentum SGD (rho 0.5), lr 0.1, step decay 50/25/25 %",
-                 _sgd_hp(0.1, 0.9, rho=0.5, adaptive=True), _sam, _STEP, ("polyak.optim:SAM",)),
+                _sgd_hp(0.1, 0.9, rho=0.05, adaptive=False), _sam, ("polyak.optim:SAM",)),
+    "asam": Base("Adaptive SAM on momentum SGD (rho 0.5, |w|-scaled on every parameter; "
+                 "polyak's addition, not one of the five papers), lr 0.1, step decay 50/25/25 %",
+                 _sgd_hp(0.1, 0.9, rho=0.5, adaptive=True), _sam, ("polyak.optim:SAM",)),
     "tso-alra": Base("TSO-ALRA: K-FAC F^(-1/2) preconditioning, then SGD after 10 % of epochs",
-                     _TSO_ALRA_HP, _tso_alra, _STEP, ("polyak.optim:TSOALRA",)),
+                     _TSO_ALRA_HP, _tso_alra, ("polyak.optim:TSOALRA",)),
     "schedule-free-adamw": Base("Schedule-free AdamW (the schedulefree package), reference",
-                                {"lr": 2.5e-3, "weight_decay": 0.0, "warmup_fraction": 0.05},
-                                _schedule_free, constant_schedule,
-                                ("schedulefree:AdamWScheduleFree",)),
+                                {"lr": 2.5e-3, "weight_decay": 0.0, "warmup_fraction": 0.05,
+                                 "schedule": "constant"},
+                                _schedule_free, ("schedulefree:AdamWScheduleFree",)),
 }
 
 
-#: hyper-parameters of every recipe: ``warmup``, epochs of linear lr warm-up (0: none).
-COMMON_DEFAULTS: dict[str, Any] = {"warmup": 0}
+#: hyper-parameters of every recipe: ``warmup``, epochs of linear lr warm-up (0: none);
+#: ``budget``, the fraction of the epochs trained (1: all; PWA Table 3's 80 of 160 is 0.5).
+COMMON_DEFAULTS: dict[str, Any] = {"warmup": 0, "budget": 1.0}
 
 # ------------------------------------------------------------------ averagings
 AVERAGING_DEFAULTS: dict[str, dict[str, Any]] = {
     "uniform": {"avg_start": OfBudget(AVG_START_FRACTION, "Gadam/SWA: epoch 161 of 300",
                                       before_end=True),
-                "avg_ratio": 0.5},
+                "avg_ratio": 0.5, "schedule": "swa"},
     "ema": {"ema_decay": 0.999, "ema_warmup": True},
-    "phasewise": {"phases": 3, "gamma0": 0.9, "momentum_policy": "keep"},
-    "auto": {"patience": 5},
+    "phasewise": {"gamma0": 0.9, "momentum_policy": "keep", "schedule": "step"},
+    "final": {"gamma0": 0.9, "schedule": "step"},
+    "auto": {"patience": OfBudget(10 / 300, "GadamAuto: patience 10 on the paper's "
+                                  "300-epoch budget", minimum=2),
+             "schedule": "constant"},
 }
 
 _AVG_NEEDS = {
@@ -303,6 +252,7 @@ _AVG_NEEDS = {
     "auto": ("polyak.averaging:Uniform",),
     "ema": ("polyak.averaging:EMA",),
     "phasewise": ("polyak.averaging:PhaseWise", "polyak.schedules:step_phases"),
+    "final": ("polyak.averaging:FinalPhase",),
 }
 
 
@@ -329,50 +279,71 @@ def warmup_steps(warmup: Any, steps_per_epoch: int) -> int:
     return round(warmup * steps_per_epoch)
 
 
+def _budget_epochs(budget: Any, epochs: int) -> int:
+    """The epochs a recipe with ``budget`` (a fraction of ``epochs``) trains."""
+    ok = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+    if not ok or not math.isfinite(budget) or not 0 < budget <= 1:
+        raise ValueError(f"Invalid budget: {budget!r} (the fraction of the epochs trained, "
+                         "0 < budget <= 1)")
+    return max(1, round(budget * epochs))
+
+
+def _phases_of(rule: Any, epochs: int, who: str) -> list[int]:
+    phases = rule.phases(epochs)
+    if phases is None:
+        raise ValueError(f"Invalid schedule for {who}: {rule} has no constant-lr phases "
+                         "(allowed: a step schedule such as 'step' or 'thirds', or 'constant')")
+    return phases
+
+
 def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any], epochs: int,
           steps_per_epoch: int, name: str = "", param_groups: Any = None) -> Method:
     """Assemble the Method for ``base`` + ``averaging`` with (resolved) hyper-parameters ``hp``;
     ``param_groups`` (see :mod:`polyak.param_groups`) splits the optimizer's parameters."""
-    spec = BASES[base]
-    optimizer = spec.make(model, hp, epochs, steps_per_epoch)
+    from polyak.triggers import AtEpoch, Plateau
+
+    run = _budget_epochs(hp.get("budget", 1.0), epochs)
+    rule = schedule_rule(hp["schedule"])
+    optimizer = BASES[base].make(model, hp, run, steps_per_epoch)
     if param_groups is not None:
         from polyak.param_groups import split_groups
 
         split_groups(optimizer, param_groups)
-    kwargs: dict[str, Any] = {"schedule": spec.schedule(epochs), "name": name,
+    kwargs: dict[str, Any] = {"schedule": rule.build(run, hp), "name": name,
                               "steps_per_epoch": steps_per_epoch,
                               "warmup_steps": warmup_steps(hp.get("warmup", 0), steps_per_epoch)}
+    if run < epochs:
+        kwargs["stop_trigger"] = AtEpoch(run - 1)
     if averaging == "uniform":
         from polyak.averaging import Uniform
-        from polyak.schedules import gadam_linear
 
         start = int(hp["avg_start"])
-        kwargs["schedule"] = gadam_linear(epochs, avg_start=max(start, 1),
-                                          avg_ratio=hp["avg_ratio"])
         kwargs["averaging"] = Uniform(model, start_epoch=start)
-        if base == "lookahead-adamw":
-            kwargs["switches"] = [SwitchOptimizer(lambda la: la.optimizer, at_epoch=start)]
+        if base == "lookahead-adamw":  # Lookahead until averaging starts, from its slow weights
+            kwargs["switches"] = [SwitchOptimizer(lambda la: la.optimizer, at_epoch=start,
+                                                  on_switch=lambda la: la.to_slow())]
     elif averaging == "ema":
         from polyak.averaging import EMA
 
         kwargs["averaging"] = EMA(model, decay=hp["ema_decay"], warmup=hp["ema_warmup"])
-    elif averaging == "phasewise":
-        from polyak.averaging import PhaseWise
-        from polyak.schedules import step_phases
+    elif averaging in ("phasewise", "final"):
+        from polyak.averaging import FinalPhase, PhaseWise
 
-        fractions = {1: (1.0,), 2: (0.5, 0.5), 3: HALF_QUARTERS}.get(hp["phases"])
-        if fractions is None or isinstance(hp["phases"], bool):
-            raise ValueError(f"Invalid phases: {hp['phases']!r} (allowed: 1, 2, 3)")
-        lengths = phase_lengths(epochs, fractions)
-        kwargs["schedule"] = step_phases(lengths, [0.1 ** i for i in range(len(lengths))])
-        kwargs["averaging"] = PhaseWise(model, lengths, gamma0=hp["gamma0"],
-                                        ref_epochs=lengths[0], momentum=hp["momentum_policy"],
-                                        optimizer=optimizer)
+        lengths = _phases_of(rule, run, f"{averaging} averaging")
+        if averaging == "phasewise":
+            kwargs["averaging"] = PhaseWise(model, lengths, gamma0=hp["gamma0"],
+                                            ref_epochs=PWA_REF_EPOCHS,
+                                            momentum=hp["momentum_policy"], optimizer=optimizer)
+        else:
+            kwargs["averaging"] = FinalPhase(model, lengths, gamma0=hp["gamma0"],
+                                             ref_epochs=PWA_REF_EPOCHS)
     elif averaging == "auto":
         from polyak.averaging import Uniform
-        from polyak.triggers import Plateau
 
-        kwargs["schedule"] = None
+        if run < epochs:
+            raise ValueError("Invalid budget for GadamAuto: it ends by its own early "
+                             "termination (allowed: budget=1)")
         kwargs["averaging"] = Uniform(model, start_epoch=0)
         kwargs["averaging_trigger"] = Plateau(int(hp["patience"]), mode="max")
+        kwargs["stop_trigger"] = Plateau(int(hp["patience"]), mode="max")
     return Method(model, optimizer, **kwargs)

@@ -21,8 +21,8 @@ The pieces are independent and any combination works:
 - ``optimizer``: any ``torch.optim.Optimizer``. A SAM-style optimizer (one with ``first_step`` and
   ``second_step``) gets both passes from the closure; an optimizer with ``end_epoch`` (e.g.
   TSO-ALRA, which switches itself to SGD) is told about every epoch end and the validation loss; a
-  schedule-free optimizer (with ``train()``/``eval()``) is switched to its evaluation point inside
-  :meth:`Method.eval_weights`.
+  optimizer with an evaluation point (``train()``/``eval()``: schedule-free's averaged point,
+  Lookahead's slow weights) is switched to it inside :meth:`Method.eval_weights`.
 - ``schedule``: a function of the epoch returning a factor of each group's base learning rate
   (see :mod:`polyak.schedules`), applied at the start of every epoch, or every step with
   ``per_step=True``; ``warmup_steps`` multiplies it by the linear ramp ``min(1, (t+1)/W)`` over
@@ -33,7 +33,9 @@ The pieces are independent and any combination works:
   ``averaging_trigger`` (GadamAuto) it collects only from the epoch the trigger fires on.
 - ``switches``: :class:`SwitchOptimizer` pieces that replace the optimizer once, at an epoch or
   when a trigger fires (e.g. Gadam + Lookahead: Lookahead until the averaging starts).
-- ``stop_trigger``: early stopping; :attr:`Method.should_stop` becomes true when it fires.
+- ``stop_trigger``: early stopping; :attr:`Method.should_stop` becomes true when it fires. With
+  an ``averaging_trigger`` it watches from the epoch after averaging started (GadamAuto's early
+  termination, Gadam App. A.2, never stops a run before it averages).
 - ``observers`` (or :meth:`Method.observe`): objects told about every optimizer step taken
   (``step()``, after the averaging's) and every epoch end (``end_epoch(epoch)``, before the
   averaging's, so they see the raw iterate), whose ``state_dict()`` the Method's carries, e.g.
@@ -46,7 +48,8 @@ The pieces are independent and any combination works:
   (also a GradScaler overflow) updates no weight, average, trigger or step counter.
 
 Triggers are fed the validation accuracy when their ``mode`` is ``"max"`` and the validation loss
-when it is ``"min"``. Epochs are 0-based and every one is reported, in order.
+when it is ``"min"``: pass those of the weights :meth:`Method.eval_weights` reports (the live
+ones until an average is in effect). Epochs are 0-based and every one is reported, in order.
 """
 
 from __future__ import annotations
@@ -71,8 +74,12 @@ def _trigger_mode(trigger: Any) -> str:
     return getattr(trigger, "mode", "min")
 
 
-def _metric_for(trigger: Any, val_loss: float | None, val_acc: float | None, who: str) -> float:
-    """The metric a trigger watches: accuracy for mode "max", loss for mode "min"."""
+def _metric_for(trigger: Any, val_loss: float | None, val_acc: float | None, who: str
+                ) -> float | None:
+    """The metric a trigger watches: accuracy for mode "max", loss for mode "min", nothing for
+    mode None (e.g. :class:`polyak.triggers.AtEpoch`)."""
+    if _trigger_mode(trigger) is None:
+        return None
     name = "val_acc" if _trigger_mode(trigger) == "max" else "val_loss"
     value = val_acc if name == "val_acc" else val_loss
     if value is None:
@@ -87,9 +94,9 @@ def _check_trigger(trigger: Any, who: str) -> None:
         return
     if not callable(getattr(trigger, "update", None)):
         raise ValueError(f"Invalid {who}: {trigger!r} (an object with update(value, epoch))")
-    if _trigger_mode(trigger) not in ("min", "max"):
+    if _trigger_mode(trigger) not in ("min", "max", None):
         raise ValueError(f"Invalid {who} mode: {_trigger_mode(trigger)!r} (allowed: 'min' to "
-                         "watch val_loss, 'max' to watch val_acc)")
+                         "watch val_loss, 'max' to watch val_acc, None to watch nothing)")
 
 
 class SwitchOptimizer:
@@ -97,18 +104,24 @@ class SwitchOptimizer:
 
     ``to(old_optimizer) -> new_optimizer`` builds the replacement; it should reuse the old
     ``param_groups`` so the learning-rate schedule carries on (e.g. ``lambda la: la.optimizer``
-    unwraps a Lookahead).
+    unwraps a Lookahead) and change nothing else, because loading a checkpoint taken after the
+    switch calls it again. ``on_switch(old_optimizer)``, when given, runs at the switch itself
+    only (never on that replay): e.g. ``Lookahead.to_slow`` moves the model to its slow weights.
     """
 
     def __init__(
         self, to: Callable[[torch.optim.Optimizer], torch.optim.Optimizer], *,
         at_epoch: int | None = None, trigger: Any = None,
+        on_switch: Callable[[torch.optim.Optimizer], None] | None = None,
     ) -> None:
         if (at_epoch is None) == (trigger is None):
             raise ValueError("SwitchOptimizer needs exactly one of at_epoch and trigger")
         if at_epoch is not None and (not isinstance(at_epoch, int) or at_epoch < 0):
             raise ValueError(f"Invalid at_epoch: {at_epoch!r} (an integer >= 0)")
+        if on_switch is not None and not callable(on_switch):
+            raise ValueError(f"Invalid on_switch: {on_switch!r} (a callable(old_optimizer))")
         self.to, self.at_epoch, self.trigger = to, at_epoch, trigger
+        self.on_switch = on_switch
         self.done_epoch: int | None = None
 
     def due(self, epoch: int, val_loss: float | None, val_acc: float | None) -> bool:
@@ -184,7 +197,7 @@ class Method(Stepping):
         self.observers: list[Any] = []
         for observer in observers:
             self.observe(observer)
-        if self._is_schedule_free():
+        if self._has_eval_point():
             optimizer.train()
         self._apply_lr()
         self._carry_average()
@@ -198,7 +211,7 @@ class Method(Stepping):
     def _is_sam(self) -> bool:
         return hasattr(self.optimizer, "first_step") and hasattr(self.optimizer, "second_step")
 
-    def _is_schedule_free(self) -> bool:
+    def _has_eval_point(self) -> bool:
         opt = self.optimizer
         return callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))
 
@@ -282,15 +295,18 @@ class Method(Stepping):
             self._optimizer_step()
         for observer in self.observers:       # before the averaging: the raw iterate
             observer.end_epoch(epoch)
+        was_averaging = self.averaging_started
         self._end_averaging(epoch, val_loss, val_acc, bn_loader, forward)
         on_epoch = getattr(self.optimizer, "end_epoch", None)
         if callable(on_epoch):
             on_epoch(epoch, val_loss=val_loss)
         for switch in self.switches:
             if switch.due(epoch, val_loss, val_acc):
+                if switch.on_switch is not None:
+                    switch.on_switch(self.optimizer)
                 self.optimizer, switch.done_epoch = switch.to(self.optimizer), epoch
                 self._carry_average()
-        if self.stop_trigger is not None and not self.should_stop:
+        if self.stop_trigger is not None and not self.should_stop and was_averaging:
             metric = _metric_for(self.stop_trigger, val_loss, val_acc, "stop_trigger")
             self.should_stop = bool(self.stop_trigger.update(metric, epoch))
         self.epochs_done = epoch + 1
@@ -307,7 +323,8 @@ class Method(Stepping):
     def _check_metrics(self, val_loss: float | None, val_acc: float | None) -> None:
         """Every metric this epoch's triggers will read is there, before anything changes."""
         watchers = [("averaging_trigger", self.averaging_trigger, not self.averaging_started),
-                    ("stop_trigger", self.stop_trigger, not self.should_stop)]
+                    ("stop_trigger", self.stop_trigger,
+                     not self.should_stop and self.averaging_started)]
         watchers += [("SwitchOptimizer", s.trigger, s.done_epoch is None) for s in self.switches]
         for who, trigger, active in watchers:
             if trigger is not None and active:
@@ -349,10 +366,11 @@ class Method(Stepping):
     @property
     def reports_live_weights(self) -> bool:
         """Whether :meth:`eval_weights` would yield the live weights and BatchNorm buffers
-        unchanged (no average in effect, not schedule-free)."""
+        unchanged (no average in effect, no evaluation point such as schedule-free's or
+        Lookahead's slow weights)."""
         avg = self.averaging
         averaged = avg is not None and getattr(avg, "reports_average", True) and avg.has_average
-        return not averaged and not self._is_schedule_free()
+        return not averaged and not self._has_eval_point()
 
     @contextlib.contextmanager
     def eval_weights(
@@ -368,7 +386,7 @@ class Method(Stepping):
         if avg is not None and getattr(avg, "reports_average", True) and avg.has_average:
             with avg.applied(self.model, bn_loader=bn_loader, forward=forward):
                 yield self.model
-        elif self._is_schedule_free():
+        elif self._has_eval_point():
             from polyak.averaging import recalibrate_bn, saved_bn_buffers
 
             live = [p.detach().clone() for p in self.model.parameters()]

@@ -14,11 +14,15 @@ budget-scaled defaults, the user's overrides, the paper it comes from and how th
 (:class:`Tuning`: the grid searched, or the recipe whose tuned values it reuses). Keyword
 overrides are merged into the value as they are (any Python object: they never pass through text).
 
-Schedules scale with the epoch budget: step-decay phases at 50/25/25 % (PWA, SWA, SAM, TSO-ALRA's
-81/122 of 164), SGDL's decay at 1/3 and 2/3, the averaging start at the same fraction as 161/300
-(Gadam, SWA), Gadam's linear schedule (eq. 12) for the adaptive baselines, and TSO-ALRA's switch
-after 10 % of the epochs (the paper tuned it in 5..75 of 164 epochs; 10-25 for most settings).
-Step-counted TSO-ALRA settings scale with the steps per epoch (the paper's epoch has 391 steps).
+Schedules scale with the epoch budget (the ``schedule`` hyper-parameter, :mod:`polyak._budget`):
+step-decay phases at 50/25/25 % (PWA, SAM; ``"step"``), TSO-ALRA's 81/122 of 164
+(``"tso-alra"``), SGDL's decay at 1/3 and 2/3 (``"thirds"``), Gadam's linear schedule (eq. 12,
+``"linear"``) for the adaptive baselines and its eq. 13 (``"swa"``) with averaging from the same
+fraction as 161/300 (Gadam, SWA), and TSO-ALRA's switch after 10 % of the epochs (the paper tuned
+it in 5..75 of 164 epochs; 10-25 for most settings). Step-counted TSO-ALRA settings scale with the
+steps per epoch (the paper's epoch has 391 steps). The recipes here are the methods with their
+published defaults; how each paper ran them in its comparisons (its schedule, weight decay,
+tuning) is the benchmark's per-paper protocols (:mod:`polyak.bench.protocols`).
 The builders live in :mod:`polyak._recipe_parts`, the tuning protocols in :mod:`polyak.bench.tune`.
 """
 
@@ -101,8 +105,11 @@ class Recipe:
         return replace(self, overrides={**self.overrides, **overrides})
 
     def hyperparameters(self, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
-        """Every hyper-parameter the recipe runs with for this budget (rules resolved)."""
-        return parts.resolve({**self.defaults, **self.overrides}, epochs, steps_per_epoch)
+        """Every hyper-parameter the recipe runs with for this budget (rules resolved at the
+        epochs it trains: ``budget`` x ``epochs``)."""
+        values = {**self.defaults, **self.overrides}
+        run = parts._budget_epochs(values.get("budget", 1.0), epochs)
+        return parts.resolve(values, run, steps_per_epoch)
 
     @property
     def spec(self) -> str:
@@ -142,7 +149,7 @@ def _base_defaults(base: str, averaging: str | None) -> dict[str, Any]:
             **parts.COMMON_DEFAULTS}
 
 
-AVERAGINGS = ("uniform", "ema", "phasewise", "auto")
+AVERAGINGS = ("uniform", "ema", "phasewise", "final", "auto")
 
 _PWA = "Kobayashi, phase-wise parameter aggregation"
 _SGDL = "Wu et al., vanilla SGD with larger learning rates"
@@ -202,14 +209,18 @@ _TABLE: dict[str, tuple[str, str | None, dict[str, Any], str, str, Tuning]] = {
     "pwa": ("sgdm", "phasewise", {},
             "Phase-wise parameter aggregation on momentum SGD, phases 50/25/25 % (Kobayashi)",
             _PWA, _shares("sgdm")),
-    "pwa-adam": ("adam", "phasewise", {"phases": 1},
+    "pwa-adam": ("adam", "phasewise", {"schedule": "constant"},
                  "PWA on Adam: one constant-lr phase (PWA paper Table 3)", _PWA, _shares("adam")),
-    "pwa-amsgrad": ("amsgrad", "phasewise", {"phases": 1},
+    "pwa-amsgrad": ("amsgrad", "phasewise", {"schedule": "constant"},
                     "PWA on AMSGrad: one constant-lr phase (PWA paper Table 3)", _PWA,
                     _shares("amsgrad")),
-    "pwa-adabound": ("adabound", "phasewise", {"phases": 1},
+    "pwa-adabound": ("adabound", "phasewise", {"schedule": "constant"},
                      "PWA on AdaBound: one constant-lr phase (PWA paper Table 3)", _PWA,
                      _shares("adabound")),
+    "pwa-end-only": ("sgdm", "final", {},
+                     "Momentum SGD, step decay 50/25/25 %, aggregated (PWA eq. 3) over its last "
+                     "phase once at the end, never injected (PWA Table 1c's 'at the end')", _PWA,
+                     _shares("sgdm")),
     "gadam": ("adamw", "uniform", {}, "Gadam: AdamW + iterate averaging (Granziol et al.)",
               _GADAM, _shares("adamw")),
     "gadamx": ("padam", "uniform", {},
@@ -231,15 +242,16 @@ _TABLE: dict[str, tuple[str, str | None, dict[str, Any], str, str, Tuning]] = {
 
 PAPER_METHODS = (
     "sgd", "sgdm", "sgdl", "adam", "amsgrad", "adamw", "padam", "adabound", "amsbound",
-    "lookahead", "pwa", "pwa-adam", "pwa-amsgrad", "pwa-adabound", "swa", "gadam", "gadamx",
-    "gadam-auto", "gadam-lookahead", "tso-alra", "asgd", "sam", "asam", "sam-avg",
-    "schedule-free-adamw",
+    "lookahead", "pwa", "pwa-end-only", "pwa-adam", "pwa-amsgrad", "pwa-adabound", "swa",
+    "gadam", "gadamx", "gadam-auto", "gadam-lookahead", "tso-alra", "asgd", "sam", "asam",
+    "sam-avg", "schedule-free-adamw",
 )
 
 BASELINES = {
     "sgdm": "sgd", "sgdl": "sgdm", "adam": "sgdm", "adamw": "adam", "amsgrad": "adam",
     "padam": "adamw",
     "adabound": "adam", "amsbound": "amsgrad", "lookahead": "sgdm", "pwa": "sgdm",
+    "pwa-end-only": "sgdm",
     "pwa-adam": "adam", "pwa-amsgrad": "amsgrad", "pwa-adabound": "adabound", "swa": "sgdm",
     "gadam": "adamw", "gadamx": "swa", "gadam-auto": "adamw", "gadam-lookahead": "gadam",
     "tso-alra": "sgd", "asgd": "sgdm", "sam": "sgdm", "asam": "sam", "sam-avg": "sam",
@@ -269,15 +281,7 @@ def parse(spec: str | Recipe) -> Recipe:
     it is). Text values become bool, None, int, float or str."""
     if isinstance(spec, Recipe):
         return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise UnknownRecipe(f"Invalid recipe spec: {spec!r}")
-    head, _, tail = spec.strip().partition(":")
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in tail.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UnknownRecipe(f"Invalid override {item!r} in {spec!r}: expected key=value")
-        overrides[key.strip()] = _parse_value(value.strip())
+    head, overrides = split_spec(spec)
     name, plus, averaging = head.partition("+")
     name = name.strip()
     if plus:
@@ -293,6 +297,21 @@ def parse(spec: str | Recipe) -> Recipe:
     if name not in RECIPES:
         raise UnknownRecipe(f"Unknown recipe {name!r}; valid: {', '.join(names())}")
     return RECIPES[name].with_overrides(**overrides)
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"head:key=value,..."`` -> (head, {key: value}) with the values parsed as
+    :func:`parse` does (bool, None, int, float or str)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownRecipe(f"Invalid recipe spec: {spec!r}")
+    head, _, tail = spec.strip().partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in tail.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UnknownRecipe(f"Invalid override {item!r} in {spec!r}: expected key=value")
+        overrides[key.strip()] = _parse_value(value.strip())
+    return head.strip(), overrides
 
 
 def _parse_value(text: str) -> Any:

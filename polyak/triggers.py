@@ -1,10 +1,13 @@
 """Triggers: "fire once, ``patience`` epochs after the last best".
 
 One ``Plateau`` drives three decisions of the papers:
-- GadamAuto (Granziol et al., Sec. 5): averaging starts once ``patience`` epochs pass without a
+- GadamAuto (Granziol et al., App. A.2): averaging starts once ``patience`` epochs pass without a
   new best validation accuracy (``mode="max"``);
 - TSO-ALRA (Ida & Fujiwara): the switch to SGD when the validation loss stops improving;
-- early stopping.
+- early stopping (GadamAuto, App. A.2: terminated by the same patience once averaging runs).
+
+:class:`AtEpoch` fires at a fixed epoch and watches no metric: a run that trains a fraction of
+the budget (PWA Table 3's 80 of 160 epochs) stops with it.
 
 Under ``torch.distributed`` every update takes rank 0's metric (one broadcast), so all ranks fire
 at the same epoch even when they were handed different values.
@@ -17,7 +20,7 @@ from typing import Any
 
 from polyak.distributed import broadcast_value
 
-__all__ = ["Plateau"]
+__all__ = ["Plateau", "AtEpoch"]
 
 
 class Plateau:
@@ -94,3 +97,37 @@ class Plateau:
 
     def __repr__(self) -> str:
         return f"Plateau(patience={self.patience}, mode={self.mode!r}, min_delta={self.min_delta})"
+
+
+class AtEpoch:
+    """Fires once, at the end of epoch ``epoch`` (0-based); watches no metric (``mode=None``).
+
+    As a ``stop_trigger`` it ends a run after ``epoch + 1`` epochs: the budget fraction of
+    recipes with ``budget < 1``."""
+
+    mode = None
+
+    def __init__(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"Invalid epoch: {epoch!r} (an integer >= 0, 0-based)")
+        self.epoch = epoch
+        self.fired = False
+
+    def update(self, value: Any, epoch: int) -> bool:
+        """``True`` once, on the first update at or after ``epoch`` (``value`` is ignored)."""
+        if self.fired or int(epoch) < self.epoch:
+            return False
+        self.fired = True
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "fired": self.fired}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("epoch") != self.epoch:
+            raise ValueError(f"AtEpoch state is for epoch {state.get('epoch')}; this trigger "
+                             f"fires at epoch {self.epoch}")
+        self.fired = bool(state["fired"])
+
+    def __repr__(self) -> str:
+        return f"AtEpoch({self.epoch})"

@@ -105,17 +105,44 @@ def test_end_epoch_that_raises_changes_nothing():
                     averaging=Uniform(model), averaging_trigger=Plateau(0, mode="min"),
                     stop_trigger=Plateau(2, mode="max"), schedule=lambda e: 0.5 ** e)
     step(method, model)
-    before = method.state_dict()
     trig = dict(method.averaging_trigger.state_dict())
-    with pytest.raises(ValueError, match="stop_trigger watches val_acc"):
-        method.end_epoch(0, val_loss=1.0)
-    with pytest.raises(ValueError, match="Invalid val_acc: nan"):
-        method.end_epoch(0, val_loss=1.0, val_acc=float("nan"))
+    with pytest.raises(ValueError, match="Invalid val_loss: nan"):
+        method.end_epoch(0, val_loss=float("nan"))
     assert method.averaging_trigger.state_dict() == trig
     assert not method.averaging_started and method.averaging.n_averaged == 0
-    assert method.epochs_done == before["epochs_done"] and method.lr == 0.1
-    method.end_epoch(0, val_loss=1.0, val_acc=0.5)
+    assert method.epochs_done == 0 and method.lr == 0.1
+    # the stop trigger watches from the epoch after averaging started: not read at epoch 0
+    method.end_epoch(0, val_loss=1.0)
     assert method.averaging_started and method.averaging.n_averaged == 1 and method.lr == 0.05
+    step(method, model)
+    before = method.state_dict()
+    with pytest.raises(ValueError, match="stop_trigger watches val_acc"):
+        method.end_epoch(1, val_loss=1.0)
+    with pytest.raises(ValueError, match="Invalid val_acc: nan"):
+        method.end_epoch(1, val_loss=1.0, val_acc=float("nan"))
+    assert method.averaging.n_averaged == 1 and method.epochs_done == before["epochs_done"]
+    assert method.stop_trigger.state_dict() == before["stop_trigger"] and method.lr == 0.05
+    method.end_epoch(1, val_loss=1.0, val_acc=0.5)
+    assert method.averaging.n_averaged == 2 and method.stop_trigger.epochs_seen == 1
+
+
+def test_stop_trigger_watches_only_once_averaging_runs():
+    """GadamAuto (Gadam App. A.2): averaging starts, then training stops, by the same
+    patience; the stop trigger never sees the epochs before averaging starts."""
+    model = tiny_model()
+    method = Method(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                    averaging=Uniform(model), averaging_trigger=Plateau(1, mode="max"),
+                    stop_trigger=Plateau(1, mode="max"))
+    accs = [0.5, 0.4, 0.45, 0.6, 0.55]   # no new best at epoch 1: averaging starts there
+    for epoch, acc in enumerate(accs):
+        step(method, model)
+        method.end_epoch(epoch, val_acc=acc)
+        if method.should_stop:
+            break
+    # started at epoch 1; the stop trigger's first value is epoch 2's 0.45, a new best at
+    # epoch 3 (0.6), none at epoch 4: it fires there
+    assert method.averaging_trigger.fired_epoch == 1 and method.stop_trigger.fired_epoch == 4
+    assert method.stop_trigger.epochs_seen == 3 and method.averaging.n_averaged == 4
 
 
 def test_tso_alra_trigger_without_val_loss_is_refused_before_averaging_collects():

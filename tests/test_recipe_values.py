@@ -76,7 +76,10 @@ def test_tso_alra_step_counted_settings_scale_with_the_steps_per_epoch():
     assert paper["switch_epoch"] == 16 and paper["factor_init"] == "batches"
     small = recipes.hyperparameters("tso-alra", 40, 32)
     assert small["inv_every"] == 8 and small["switch_epoch"] == 4
-    assert (1 - small["factor_decay"]) ** 32 == pytest.approx(0.95 ** 391)
+    # the factor average: K-FAC's usual weight 0.05 per step at any epoch length (the paper
+    # gives none); the damping is the paper's "small constant value such as 10^-6"
+    assert small["factor_decay"] == paper["factor_decay"] == 0.05
+    assert small["damping"] == paper["damping"] == 1e-6
     method = polyak.recipe("tso-alra", tiny(), epochs=40, steps_per_epoch=32)
     group = method.optimizer.param_groups[0]
     assert group["inv_every"] == 8 and group["factor_decay"] == small["factor_decay"]
@@ -119,3 +122,34 @@ def test_polyak_list_json():
     assert by_name["gadam"]["tuning"]["shares"] == "adamw"
     assert by_name["tso-alra"]["tuning"]["grid"]["lr"] == ["0.1", "0.01", "0.001"]
     assert {"optimizers", "tasks"} <= {r["kind"] for r in rows}
+
+
+def test_schedule_and_budget_are_hyper_parameters_of_every_recipe():
+    """A paper's protocol runs any base on its own schedule and for a fraction of the budget."""
+    from polyak.triggers import AtEpoch
+
+    def lrs(spec, epochs):
+        method = polyak.recipe(spec, tiny(), epochs=epochs, steps_per_epoch=2)
+        out = []
+        for epoch in range(epochs):
+            out.append(method.lr)
+            method.end_epoch(epoch)
+            if method.should_stop:
+                break
+        return out
+
+    assert lrs("sgdm:schedule=thirds", 9) == pytest.approx([0.1] * 3 + [0.01] * 3 + [1e-3] * 3)
+    assert lrs("adam:schedule=constant", 4) == [1e-3] * 4
+    assert lrs("sgd:schedule=tso-alra", 164)[80:82] == pytest.approx([0.1, 0.01])
+    half = lrs("adam:schedule=constant,budget=0.5", 10)
+    assert half == [1e-3] * 5                                  # stops after half the epochs
+    method = polyak.recipe("pwa-adam", tiny(), epochs=10, steps_per_epoch=2, budget=0.5)
+    assert method.averaging.phases == [5] and isinstance(method.stop_trigger, AtEpoch)
+    # epoch-counted rules resolve at the epochs a recipe trains
+    assert recipes.hyperparameters("swa:budget=0.5", 300)["avg_start"] == round(161 / 2)
+    for bad, match in (("sgdm:schedule=cosine", "Invalid schedule"),
+                       ("sgdm:budget=0", "Invalid budget"), ("sgdm:budget=1.5", "Invalid budget"),
+                       ("adamw+phasewise:schedule=linear", "no constant-lr phases"),
+                       ("gadam-auto:budget=0.5", "Invalid budget for GadamAuto")):
+        with pytest.raises(ValueError, match=match):
+            polyak.recipe(bad, tiny(), epochs=4, steps_per_epoch=2)

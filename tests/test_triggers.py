@@ -53,3 +53,18 @@ def test_invalid_arguments(kw, match):
 def test_nan_is_rejected():
     with pytest.raises(ValueError, match="NaN"):
         Plateau(patience=1).update(float("nan"))
+
+
+def test_at_epoch_fires_once_at_its_epoch_and_reads_no_metric():
+    from polyak.triggers import AtEpoch
+
+    trig = AtEpoch(3)
+    assert trig.mode is None
+    assert [trig.update(None, e) for e in range(6)] == [False, False, False, True, False, False]
+    again = AtEpoch(3)
+    again.load_state_dict(trig.state_dict())
+    assert again.fired
+    with pytest.raises(ValueError, match="fires at epoch 3"):
+        AtEpoch(3).load_state_dict({"epoch": 4, "fired": False})
+    with pytest.raises(ValueError, match="Invalid epoch"):
+        AtEpoch(-1)

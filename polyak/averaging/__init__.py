@@ -1,4 +1,5 @@
-"""Weight averages of a model: Uniform (Polyak/SWA/Gadam), EMA, PhaseWise (PWA); BatchNorm
+"""Weight averages of a model: Uniform (Polyak/SWA/Gadam), EMA, PhaseWise (PWA) and FinalPhase
+(PWA's aggregate at the end only); BatchNorm
 recalibration; swapping averaged weights in and out. Imports torch only.
 
 Every average keeps a flat copy of the model's parameters (never its buffers), is driven by
@@ -17,6 +18,7 @@ from __future__ import annotations
 from polyak.averaging.base import NonFiniteWeights, WeightAverage
 from polyak.averaging.bn import bn_modules, default_forward, recalibrate_bn, saved_bn_buffers
 from polyak.averaging.ema import EMA
+from polyak.averaging.final_phase import FinalPhase
 from polyak.averaging.phasewise import PhaseWise, phase_weights, reset_momentum
 from polyak.averaging.posthoc import (
     FAMILIES,
@@ -44,7 +46,7 @@ from polyak.averaging.uniform import Uniform
 
 __all__ = [
     "NonFiniteWeights",
-    "EMA", "PhaseWise", "Uniform", "WeightAverage", "bn_modules", "default_forward",
+    "EMA", "FinalPhase", "PhaseWise", "Uniform", "WeightAverage", "bn_modules", "default_forward",
     "phase_weights", "recalibrate_bn", "reset_momentum", "saved_bn_buffers",
     # post-hoc averaging
     "FAMILIES", "Snapshots", "SnapshotDir", "SnapshotError", "SnapshotInfo", "PowerEMAFit",

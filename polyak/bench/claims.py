@@ -20,18 +20,12 @@ or Benjamini-Hochberg) and decides at ``alpha`` = 0.05 on the adjusted p:
 - otherwise inconclusive, with the smallest effect the run could detect (power 0.8 at its
   number of pairs and the observed spread of the differences, two-sided alpha = 0.05,
   unadjusted) and the seeds the observed effect would need; "not run" when either method has
-  no finished runs.
+  no finished runs; "unstable" when an arm diverged or collapsed to chance level on some seeds
+  (the report says which and how many; no test, outside the multiplicity family).
 
-Each claim compares what its paper compares (see the method reference): TSO-ALRA against *plain*
-SGD, Adam and AMSGrad tuned on the paper's grids; SGDL against momentum SGD (match) and against
-vanilla SGD tuned on the *small* grid (SGDL's lr is 10-13x momentum SGD's, so tuning plain SGD up
-to it would erase the claim); Gadam's averaged variants against their tuned bases; averaged
-SGD/SAM at twice the tuned step size against SGD/SAM at it. One comparison is stronger than the
-paper's: PWA on Adam/AMSGrad/AdaBound (Table 3) is measured against those optimizers with their
-own decayed schedules, not at a constant lr.
-
-Sources: Kobayashi (PWA, Tables 1-3), Wu et al. (SGDL, Sec. 5 and App. A.3.1), Ida & Fujiwara
-(TSO-ALRA, Figs. 1-4), Granziol et al. (Gadam, Sec. 5), Nitanda et al. (averaged SGD/SAM table).
+The claims themselves, with both arms built from the protocol of the paper that makes them, the
+paper's own figure and the settings the paper held equal, are data in
+:mod:`polyak.bench.protocols` (one module per paper).
 """
 
 from __future__ import annotations
@@ -45,7 +39,7 @@ from scipy.stats import t as t_dist
 
 from polyak.bench import stats
 
-__all__ = ["Claim", "ClaimResult", "CLAIMS", "verdict", "evaluate_claim", "evaluate_claims",
+__all__ = ["Claim", "ClaimResult", "verdict", "evaluate_claim", "evaluate_claims",
            "run_value", "ALPHA"]
 
 ALPHA = 0.05
@@ -56,7 +50,12 @@ _METRICS = {"test_acc": "higher", "test_loss": "lower"}
 
 @dataclass(frozen=True)
 class Claim:
-    """``a`` is better than / matches ``b`` on ``metric`` read at fraction ``at`` of the budget."""
+    """``a`` is better than / matches ``b`` on ``metric`` read at fraction ``at`` of the budget.
+
+    ``figure``: the paper's own result for the comparison (shown beside the verdict);
+    ``held_equal``: the settings the paper held equal between the two arms (``"schedule"``,
+    ``"weight_decay"``, ``"lr"``, ``"budget"``; checked by the tests from the built arms);
+    ``source``: the quote it rests on; ``protocol``: the paper protocol it belongs to."""
 
     paper: str
     text: str
@@ -66,6 +65,10 @@ class Claim:
     direction: str = "better"
     margin: float = 0.0
     at: float = 1.0
+    figure: str = ""
+    held_equal: tuple[str, ...] = ()
+    source: Any = None
+    protocol: str = ""
 
     def __post_init__(self) -> None:
         if self.metric not in _METRICS:
@@ -103,6 +106,7 @@ class ClaimResult:
     p_adjusted: float = math.nan
     detectable: float = math.nan   # smallest gain detectable with power 0.8
     seeds_needed: int | None = None
+    note: str = ""                 # why a claim is "unstable" (an arm diverged or collapsed)
 
 
 def verdict(low: float, high: float, direction: str, margin: float = 0.0) -> str:
@@ -204,52 +208,24 @@ def _decide(result: ClaimResult, p_adjusted: float, alpha: float = ALPHA) -> Cla
 def evaluate_claims(claims: Sequence[Claim],
                     curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], epochs: int,
                     seeds: Mapping[str, Sequence[int]] | None = None, adjust: str = "holm",
-                    alpha: float = ALPHA) -> list[ClaimResult]:
+                    alpha: float = ALPHA, troubles: Mapping[str, str] | None = None
+                    ) -> list[ClaimResult]:
     """Every claim of a table, its p-value adjusted across the table (``"holm"`` or ``"bh"``)
-    and decided on the adjusted p at ``alpha``."""
+    and decided on the adjusted p at ``alpha``.
+
+    ``troubles`` (method -> what went wrong, e.g. "3 of 10 runs diverged") marks the claims
+    comparing such a method "unstable": the arm failed on this task, which the report says in
+    words; its gain is shown but it gets no p-value and leaves the multiplicity family."""
     if adjust not in ADJUSTMENTS:
         raise ValueError(f"Invalid adjust: {adjust!r} (allowed: {', '.join(ADJUSTMENTS)})")
-    raw = [evaluate_claim(c, curves, epochs, seeds=seeds) for c in claims]
+    troubles = troubles or {}
+    raw = []
+    for c in claims:
+        res = evaluate_claim(c, curves, epochs, seeds=seeds)
+        found = [f"{m}: {troubles[m]}" for m in dict.fromkeys((c.a, c.b)) if m in troubles]
+        if found and res.verdict != "not run":
+            res = replace(res, p=math.nan, verdict="unstable", note="; ".join(found))
+        raw.append(res)
     adjusted = ADJUSTMENTS[adjust]([r.p for r in raw])
-    return [r if r.verdict == "not run" else _decide(r, p, alpha)
+    return [r if r.verdict in ("not run", "unstable") else _decide(r, p, alpha)
             for r, p in zip(raw, adjusted)]
-
-
-_PWA, _SGDL, _TSO = "Kobayashi (PWA)", "Wu et al. (SGDL)", "Ida & Fujiwara (TSO-ALRA)"
-_GADAM, _ASGD = "Granziol et al. (Gadam)", "Nitanda et al. (averaged SGD)"
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim(_PWA, "PWA beats step-decayed momentum SGD", "pwa", "sgdm"),
-    Claim(_PWA, "PWA beats averaging at the end only (SWA)", "pwa", "swa"),
-    Claim(_PWA, "PWA beats Lookahead", "pwa", "lookahead"),
-    Claim(_PWA, "PWA on SGD beats AdaBound", "pwa", "adabound"),
-    Claim(_PWA, "PWA on constant-lr Adam beats Adam (Table 3; Adam here decayed)", "pwa-adam",
-          "adam"),
-    Claim(_PWA, "PWA on constant-lr AMSGrad beats AMSGrad (Table 3; AMSGrad here decayed)",
-          "pwa-amsgrad", "amsgrad"),
-    Claim(_PWA, "PWA on constant-lr AdaBound beats AdaBound (Table 3; AdaBound here decayed)",
-          "pwa-adabound", "adabound"),
-    Claim(_SGDL, "Vanilla SGD with a large lr matches momentum SGD (within 0.5 pp)", "sgdl",
-          "sgdm", direction="matches", margin=0.5),
-    Claim(_SGDL, "Vanilla SGD with a large lr beats vanilla SGD tuned on the small grid",
-          "sgdl", "sgd"),
-    Claim(_TSO, "TSO-ALRA's test loss falls faster than Adam's (NLL at 10 % of the budget)",
-          "tso-alra", "adam", metric="test_loss", at=0.1),
-    Claim(_TSO, "TSO-ALRA's test loss falls faster than AMSGrad's (NLL at 10 %)", "tso-alra",
-          "amsgrad", metric="test_loss", at=0.1),
-    Claim(_TSO, "TSO-ALRA's test loss falls faster than plain SGD's (NLL at 10 %)", "tso-alra",
-          "sgd", metric="test_loss", at=0.1),
-    Claim(_TSO, "TSO-ALRA ends with a lower test loss than Adam", "tso-alra", "adam",
-          metric="test_loss"),
-    Claim(_GADAM, "Gadam beats AdamW", "gadam", "adamw"),
-    Claim(_GADAM, "Gadam beats tuned momentum SGD", "gadam", "sgdm"),
-    Claim(_GADAM, "GadamX beats SWA", "gadamx", "swa"),
-    Claim(_GADAM, "GadamX beats Gadam", "gadamx", "gadam"),
-    Claim(_GADAM, "GadamX beats its unaveraged base Padam", "gadamx", "padam"),
-    Claim(_GADAM, "SWA beats momentum SGD", "swa", "sgdm"),
-    Claim(_GADAM, "GadamAuto matches tuned Gadam (within 0.5 pp)", "gadam-auto", "gadam",
-          direction="matches", margin=0.5),
-    Claim(_ASGD, "Averaged SGD with a larger lr beats SGD", "asgd", "sgdm"),
-    Claim(_ASGD, "Averaged SAM beats SAM", "sam-avg", "sam"),
-    Claim(_ASGD, "SAM beats SGD", "sam", "sgdm"),
-)

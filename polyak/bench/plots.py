@@ -37,18 +37,23 @@ def error_curves(runs: Sequence[Sequence[Mapping[str, float]]]
     return epochs, means, lows, highs
 
 
-# Panels of the figure: each paper's methods beside the baselines it compares against.
+# Panels of the figure: each paper's protocol, its methods beside the arms it compares them with.
 PANELS: dict[str, tuple[str, ...]] = {
-    "PWA (Kobayashi)": ("sgdm", "pwa", "swa", "lookahead", "adabound"),
-    "PWA on adaptive methods (Table 3)": ("adam", "pwa-adam", "amsgrad", "pwa-amsgrad",
-                                          "adabound", "pwa-adabound"),
-    "SGDL (Wu et al.)": ("sgd", "sgdm", "sgdl"),
-    "TSO-ALRA (Ida & Fujiwara)": ("sgdm", "adam", "amsgrad", "tso-alra"),
-    "Gadam / GadamX (Granziol et al.)": ("adamw", "gadam", "padam", "gadamx", "swa",
-                                         "gadam-auto", "gadam-lookahead"),
-    "Averaged SGD / SAM (Nitanda et al.)": ("sgdm", "asgd", "sam", "sam-avg", "asam"),
-    "Reference: schedule-free AdamW": ("sgdm", "adamw", "gadam", "schedule-free-adamw"),
-    "AdaBound / AMSBound (PWA baselines)": ("adam", "amsgrad", "adabound", "amsbound"),
+    "PWA (Kobayashi, Tables 1c and 2)": ("sgdm@pwa", "pwa", "pwa-end-only", "lookahead@pwa",
+                                         "adabound@pwa"),
+    "PWA on adaptive methods (Table 3, half budget)": (
+        "adam-const@pwa", "pwa-adam@pwa", "amsgrad-const@pwa", "pwa-amsgrad@pwa",
+        "adabound-const@pwa", "pwa-adabound@pwa"),
+    "SGDL (Wu et al.)": ("sgd@sgdl", "sgdm@sgdl", "sgdl"),
+    "TSO-ALRA (Ida & Fujiwara)": ("sgd@tso-alra", "adam@tso-alra", "amsgrad@tso-alra",
+                                  "tso-alra"),
+    "Gadam / GadamX (Granziol et al.)": ("sgdm@gadam", "swa", "adamw@gadam", "gadam",
+                                         "padam@gadam", "gadamx", "gadam-auto",
+                                         "gadam-lookahead"),
+    "Averaged SGD / SAM (Nitanda et al.)": ("sgdm@gadam", "swa", "asgd", "sam@nitanda",
+                                            "sam-avg@nitanda", "sam-avg"),
+    "Reference: schedule-free AdamW": ("sgdm@gadam", "adamw@gadam", "gadam",
+                                       "schedule-free-adamw"),
 }
 
 

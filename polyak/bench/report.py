@@ -9,9 +9,14 @@ t-test (over the seeds both ran; Welch's test without common seeds) of the final
 against the method's baseline (``polyak.recipes.BASELINES``): the difference in percentage points
 with its 95 % CI and the p-value (unadjusted: a description of the table, not a verdict).
 
-Claims (:mod:`polyak.bench.claims`): gain [95 % CI], raw p and Holm-adjusted p across the claims
-table, the verdict on the adjusted p, and for inconclusive claims the smallest effect the run
-could detect (power 0.8) and the seeds the observed effect would need.
+Claims (:mod:`polyak.bench.claims`, defined per paper in :mod:`polyak.bench.protocols`): those
+whose two arms both ran, each with the paper's own figure beside the gain [95 % CI], raw p and
+Holm-adjusted p across the claims table, the verdict on the adjusted p, and for inconclusive claims
+the smallest effect the run could detect (power 0.8) and the seeds the observed effect would need.
+A claim whose arm diverged or collapsed to chance level on some seeds is "unstable", with the
+counts in words. Below the claims, a card per paper: what it ran, what polyak ran (the tuned
+values, and any tuned at the end of its grid), and every remaining deviation
+(:mod:`polyak.bench.cards`).
 
 The report is Markdown: printed to stdout and written to ``<out>/report.md``, with the figures
 ``<out>/<task>-test-error.png`` beside it.
@@ -26,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import polyak
-from polyak.bench.claims import ALPHA, CLAIMS, Claim, ClaimResult, evaluate_claims
+from polyak.bench import protocols
+from polyak.bench.cards import cards_markdown
+from polyak.bench.claims import ALPHA, Claim, ClaimResult, evaluate_claims
 from polyak.bench.plots import plot_test_error
 from polyak.bench.stats import mean_std, paired, welch
 from polyak.bench.store import Store
@@ -66,11 +73,41 @@ class TaskReport:
     curves: dict[str, list[Curve]] = field(default_factory=dict)
     figure: Path | None = None
     seeds: dict[str, list[Any]] = field(default_factory=dict)
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    edges: dict[str, list[str]] = field(default_factory=dict)
+    troubles: dict[str, str] = field(default_factory=dict)
+    unread: int = 0   # claims of the protocols not evaluated: an arm was not run
+    outside: str = ""  # why the papers' claims do not cover this task (Task.outside_claims)
 
 
 def baseline_of(spec: str) -> str | None:
-    """The baseline a method spec is tested against (by its recipe name, overrides dropped)."""
-    return polyak.recipes.BASELINES.get(spec.split(":", 1)[0].strip())
+    """The baseline a method spec is tested against (its arm's, else its recipe's; overrides
+    dropped); the table falls back to the recipe's when the arm's was not run."""
+    return protocols.baseline_of(spec)
+
+
+CHANCE_FACTOR = 1.5  # a run ending below 1.5x chance accuracy has collapsed (not learned)
+
+
+def troubles_of(runs_by_method: Mapping[str, list[dict[str, Any]]],
+                num_classes: int | None) -> dict[str, str]:
+    """Method -> what went wrong on some seeds, in words: runs that diverged, and complete runs
+    whose final test accuracy is below 1.5x chance (1/num_classes)."""
+    out = {}
+    for method, runs in runs_by_method.items():
+        finished = [r for r in runs if r["status"] in ("complete", "diverged")]
+        diverged = sum(r["status"] == "diverged" for r in finished)
+        bits = [f"{diverged} of {len(finished)} runs diverged"] if diverged else []
+        if num_classes:
+            floor = CHANCE_FACTOR / num_classes
+            low = sum(1 for r in finished if r["status"] == "complete" and r["curve"]
+                      and (r["curve"][-1]["test_acc"] or 0.0) < floor)
+            if low:
+                bits.append(f"{low} of {len(finished)} runs at chance level (test accuracy "
+                            f"< {100 * floor:.0f} %)")
+        if bits:
+            out[method] = ", ".join(bits)
+    return out
 
 
 def collect(store: Store, keys: Sequence[Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -111,9 +148,12 @@ def _method_row(method: str, runs: list[dict[str, Any]]) -> MethodRow:
 
 def task_report(task: str, epochs: int, description: str,
                 runs_by_method: Mapping[str, list[dict[str, Any]]],
-                claims: Sequence[Claim] = CLAIMS, baseline: str | None = None) -> TaskReport:
-    """Rows (ranked, with the baseline tests) and claim verdicts of one task. ``baseline``: the
-    method every other one is tested against (default: each method's own, BASELINES)."""
+                claims: Sequence[Claim] | None = None, baseline: str | None = None,
+                num_classes: int | None = None) -> TaskReport:
+    """Rows (ranked, with the baseline tests) and claim verdicts of one task. ``claims``: by
+    default the protocols' claims whose two arms both ran; ``baseline``: the method every
+    other one is tested against (default: each method's own); ``num_classes``: for the chance
+    level below which a run counts as collapsed."""
     rows = [_method_row(m, runs) for m, runs in runs_by_method.items()]
     ranked = sorted((r for r in rows if r.complete), key=lambda r: -r.acc_mean)
     for rank, row in enumerate(ranked, 1):
@@ -127,15 +167,23 @@ def task_report(task: str, epochs: int, description: str,
     finals = {m: {s: 100.0 * c[-1]["test_acc"] for s, c in zip(seeds[m], curves[m])}
               for m in curves}
     for row in rows:
-        base = baseline if baseline is not None else baseline_of(row.method)
-        if base is None or base == row.method:
+        options = [baseline] if baseline is not None else protocols.baselines_of(row.method)
+        options = [b for b in options if b != row.method]
+        if not options:
             continue
+        base = next((b for b in options if finals.get(b)), options[0])
         if not finals.get(base):
             row.baseline = f"{base} (not run)"
         elif finals[row.method]:
             row.baseline, row.vs_baseline = base, _compare(finals[row.method], finals[base])
-    results = evaluate_claims(claims, curves, epochs, seeds=seeds)
-    return TaskReport(task, epochs, description, rows, results, curves, seeds=seeds)
+    unread = 0
+    if claims is None:
+        claims = protocols.claims_of(set(runs_by_method))
+        unread = len(protocols.CLAIMS) - len(claims)
+    troubles = troubles_of(runs_by_method, num_classes)
+    results = evaluate_claims(claims, curves, epochs, seeds=seeds, troubles=troubles)
+    return TaskReport(task, epochs, description, rows, results, curves, seeds=seeds,
+                      troubles=troubles, unread=unread)
 
 
 def _compare(a: dict[Any, float], b: dict[Any, float]) -> Any:
@@ -179,10 +227,18 @@ def _rows_markdown(report: TaskReport) -> list[str]:
     return lines
 
 
+def _verdict_cell(res: ClaimResult) -> str:
+    if res.verdict in ("supported", "contradicted"):
+        return f"**{res.verdict}**"
+    if res.verdict == "unstable":
+        return f"unstable ({res.note})"
+    return res.verdict
+
+
 def _claims_markdown(report: TaskReport) -> list[str]:
-    lines = ["| paper | claim | A vs B | metric | gain of A [95% CI] | p | p (Holm) | verdict "
-             "| detectable (power 0.8) | seeds for the observed gain |",
-             "|---|---|---|---|---:|---:|---:|---|---:|---:|"]
+    lines = ["| paper | claim | A vs B | paper's result | metric | gain of A [95% CI] | p "
+             "| p (Holm) | verdict | detectable (power 0.8) | seeds for the observed gain |",
+             "|---|---|---|---|---|---:|---:|---:|---|---:|---:|"]
     for res in report.claims:
         c = res.claim
         where = "final" if c.at == 1.0 else f"epoch {max(1, round(c.at * report.epochs))}"
@@ -192,14 +248,14 @@ def _claims_markdown(report: TaskReport) -> list[str]:
         digits = 2 if c.unit == "pp" else 4
         gain = "—" if math.isnan(res.diff) else (
             f"{res.diff:+.{digits}f} {c.unit} {_ci(res.low, res.high, digits)}")
-        verdict = f"**{res.verdict}**" if res.verdict in ("supported", "contradicted") \
-            else res.verdict
+        verdict = _verdict_cell(res)
         pairs = f"n={res.n_a}/{res.n_b}" + (", paired" if res.paired else "")
         mde = "—" if math.isnan(res.detectable) else f"{res.detectable:.{digits}f} {c.unit}"
         needed = "—" if res.verdict != "inconclusive" else (
             "> 100000" if res.seeds_needed is None else str(res.seeds_needed))
-        lines.append(f"| {c.paper} | {c.text} | {c.a} vs {c.b} ({pairs}) | {metric} | {gain} | "
-                     f"{_p(res.p)} | {_p(res.p_adjusted)} | {verdict} | {mde} | {needed} |")
+        lines.append(f"| {c.paper} | {c.text} | {c.a} vs {c.b} ({pairs}) | {c.figure or '—'} "
+                     f"| {metric} | {gain} | {_p(res.p)} | {_p(res.p_adjusted)} | {verdict} | "
+                     f"{mde} | {needed} |")
     return lines
 
 
@@ -210,27 +266,29 @@ def _gain(res: Any) -> str:
 
 
 def claims_side_by_side(reports: Sequence[TaskReport]) -> list[str]:
-    """The claims of several tasks in one table: per task the gain of A [95% CI], the
-    Holm-adjusted p (within that task's table) and the verdict."""
+    """The claims of several tasks in one table: the paper's own result, then per task the
+    gain of A [95% CI], the Holm-adjusted p (within that task's table) and the verdict."""
     heads = "".join(f" {r.task}: gain of A [95% CI] | p (Holm) | verdict |" for r in reports)
-    lines = ["| claim |" + heads, "|---|" + "---:|---:|---|" * len(reports)]
+    lines = ["| claim | paper's result |" + heads, "|---|---|" + "---:|---:|---|" * len(reports)]
     by_text = [{res.claim.text: res for res in r.claims} for r in reports]
-    for text in dict.fromkeys(res.claim.text for r in reports for res in r.claims):
+    claims = {res.claim.text: res.claim for r in reports for res in r.claims}
+    for text, claim in claims.items():
         cells = ""
         for found in by_text:
             res = found.get(text)
             cells += " — | — | not in this report |" if res is None else \
-                f" {_gain(res)} | {_p(res.p_adjusted)} | {res.verdict} |"
-        lines.append(f"| {text} |{cells}")
+                f" {_gain(res)} | {_p(res.p_adjusted)} | {_verdict_cell(res)} |"
+        lines.append(f"| {text} | {claim.figure or '—'} |{cells}")
     return lines
 
 
 def claims_summary(report: TaskReport) -> str:
     """"N supported, N contradicted, N inconclusive (Holm, alpha 0.05)"."""
     counts = {v: sum(r.verdict == v for r in report.claims)
-              for v in ("supported", "contradicted", "inconclusive", "not run")}
-    text = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    return f"{text} (Holm-adjusted p < {ALPHA:g} across the {len(report.claims)} claims)"
+              for v in ("supported", "contradicted", "inconclusive", "unstable", "not run")}
+    text = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no claim"
+    tested = sum(r.verdict not in ("unstable", "not run") for r in report.claims)
+    return f"{text} (Holm-adjusted p < {ALPHA:g} across the {tested} claims tested)"
 
 
 def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str:
@@ -254,11 +312,25 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
                       "The curves show the epochs at which the runs evaluated the reported "
                       "weights (full test set, BatchNorm recalibrated): 10 evenly spaced epochs "
                       "of the budget, the last one included.", ""]
-        lines += ["### Paper claims", "", claims_summary(rep) + ". Gain: improvement of A "
-                  "over B (paired over seeds); verdicts on the Holm-adjusted p; for "
-                  "inconclusive claims the smallest gain this run could detect (power 0.8, "
-                  "two-sided 0.05, the observed spread) and the seeds the observed gain would "
-                  "need.", ""] + _claims_markdown(rep) + [""]
+        lines += ["### Paper claims", ""]
+        if rep.outside:
+            lines += [f"**Outside the papers' claims:** {rep.task} is not in the papers' "
+                      f"regime ({rep.outside}); the verdicts below describe this task, not the "
+                      "papers.", ""]
+        lines += [claims_summary(rep) + ". Each claim's arms are "
+                  "built from the protocol of the paper that makes it (cards below); the "
+                  "paper's own result stands beside ours. Gain: improvement of A over B "
+                  "(paired over seeds); verdicts on the Holm-adjusted p; for inconclusive "
+                  "claims the smallest gain this run could detect (power 0.8, two-sided 0.05, "
+                  "the observed spread) and the seeds the observed gain would need.", ""]
+        lines += _claims_markdown(rep) + [""]
+        if rep.unread:
+            lines += [f"{rep.unread} claim(s) of the papers are not in this table: an arm was "
+                      "not run (run the default methods to read them all).", ""]
+        if rep.claims:
+            lines += ["### The papers' protocols", ""]
+            lines += cards_markdown(set(rep.curves) | {r.method for r in rep.rows}, rep.tuned,
+                                    rep.edges)
         failures = [f"- {m}: {n} failed run(s)" for m, n in
                     ((r.method, r.failed) for r in rep.rows) if n]
         if failures:
@@ -272,12 +344,15 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
 
 def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
                  tasks: Mapping[str, tuple[int, str]], notes: Sequence[str] = (),
-                 claims: Sequence[Claim] = CLAIMS,
-                 baseline: str | None = None) -> tuple[str, list[TaskReport]]:
+                 claims: Sequence[Claim] | None = None, baseline: str | None = None,
+                 extras: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> tuple[str, list[TaskReport]]:
     """Build the reports of ``keys``, write ``report.md`` and the figures; the Markdown.
 
-    ``tasks`` maps a task name to its (epochs, description); ``baseline`` as in
-    :func:`task_report`.
+    ``tasks`` maps a task name to its (epochs, description); ``claims``, ``baseline`` as in
+    :func:`task_report`; ``extras`` maps a task name to ``num_classes``, ``tuned`` (method ->
+    the values it ran with) and ``edges`` (method -> tuned values at a grid's end) for the
+    chance level and the protocol cards.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +360,11 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
     notes = [*notes, *machine_notes(collected)]
     for task, by_method in collected.items():
         epochs, description = tasks[task]
-        rep = task_report(task, epochs, description, by_method, claims, baseline)
+        extra = (extras or {}).get(task, {})
+        rep = task_report(task, epochs, description, by_method, claims, baseline,
+                          num_classes=extra.get("num_classes"))
+        rep.tuned, rep.edges = dict(extra.get("tuned", {})), dict(extra.get("edges", {}))
+        rep.outside = str(extra.get("outside_claims", ""))
         if any(rep.curves.values()):
             rep.figure = plot_test_error(rep.curves, f"{task}: test error ({epochs} epochs)",
                                          out_dir / f"{task}-test-error.png")

@@ -35,7 +35,6 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import polyak
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.executors.local import LocalExecutor
 from polyak.bench.resume import CheckpointError, ResumePolicy, RunCheckpoint
@@ -98,11 +97,13 @@ class GridSummary:
 
 
 def default_methods() -> tuple[list[str], list[tuple[str, str]]]:
-    """``polyak.recipes.PAPER_METHODS`` split into (available, [(unavailable, reason)])."""
-    recipes = polyak.recipes
+    """Every arm of the papers' protocols (:func:`polyak.bench.protocols.default_methods`) split
+    into (available, [(unavailable, reason)])."""
+    from polyak.bench import protocols
+
     ok, missing = [], []
-    for name in recipes.PAPER_METHODS:
-        available, reason = recipes.available(name)
+    for name in protocols.default_methods():
+        available, reason = protocols.parse(name).available()
         if available:
             ok.append(name)
         else:

@@ -55,7 +55,7 @@ from torch import nn
 
 import polyak
 from polyak.averaging import NonFiniteWeights
-from polyak.bench import ddp
+from polyak.bench import ddp, protocols
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.data import Splits
 from polyak.bench.data.augment import Augment, channel_stats
@@ -114,26 +114,26 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_overrides(task: Task, spec: str, epochs: int | None = None) -> dict[str, Any]:
-    """Keyword overrides for ``polyak.recipe``: the task's tuned values of the spec's recipe
-    (or, when it has none, of the recipe it shares its tuning with, times the recipe's scale;
-    see :class:`polyak.recipes.Tuning`), except the keys the spec sets itself; epoch-counted
-    values rescaled to ``epochs``."""
-    rec = polyak.recipes.parse(spec)
+    """Keyword overrides for the spec's recipe: the task's tuned values of the method (an arm
+    of a paper protocol or a recipe; or, when the file has none and its plan tunes nothing of
+    its own, the values of the method it shares its tuning with, as the plan takes them), except
+    the keys the spec sets itself; epoch-counted values rescaled to ``epochs``."""
+    rec = protocols.parse(spec)
     tuned = task.tuned_values(epochs)
     values = tuned.get(rec.name)
-    if values is None and rec.tuning.shares in tuned and not rec.tuning.relative:
-        scale = rec.tuning.scale
-        values = {k: v * scale[k] if k in scale else v
-                  for k, v in tuned[rec.tuning.shares].items()}
+    plan = protocols.plan(rec.name)
+    if values is None and plan.shares in tuned and not plan.stages:
+        values = plan.start(tuned[plan.shares])
     return {k: v for k, v in (values or {}).items()
             if k not in rec.overrides and k in rec.defaults}
 
 
 def build_method(task: Task, spec: str, model: nn.Module, epochs: int, steps_per_epoch: int
                  ) -> Any:
-    """``polyak.recipe(spec, model, ...)`` with the task's tuned values applied."""
-    return polyak.recipe(spec, model, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                         **resolve_overrides(task, spec, epochs))
+    """The spec's Method (an arm or a recipe, :func:`polyak.bench.protocols.parse`) with the
+    task's tuned values applied."""
+    return polyak.recipe(protocols.parse(spec), model, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, **resolve_overrides(task, spec, epochs))
 
 
 def make_model(task: Task, splits: Splits) -> nn.Module:
@@ -286,7 +286,7 @@ def recipe_config(spec: str) -> dict[str, Any]:
     """What a recipe runs with, as JSON: base, averaging and every hyper-parameter's default or
     override (a budget rule by its kind and numbers, without its provenance text), so a run
     stored before a default changed is not taken for one made with the new default."""
-    rec = polyak.recipes.parse(spec)
+    rec = protocols.parse(spec)
 
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
@@ -352,6 +352,19 @@ def _versions(model: nn.Module) -> list[int]:
     return [t._version for t in (*model.parameters(), *model.buffers())]
 
 
+def _val_for_triggers(method: Any, score: Callable[..., tuple[float, float]], splits: Splits,
+                      bn_loader: Any) -> tuple[float, float] | None:
+    """The validation (loss, accuracy) ``end_epoch`` needs when a trigger watches one: of the
+    weights the method reports (the live ones until an average is in effect; GadamAuto's
+    termination watches its average)."""
+    if not method.reads_val_metrics:
+        return None
+    if method.reports_live_weights:
+        return score(splits.x_val, splits.y_val)
+    with method.eval_weights(bn_loader=bn_loader):
+        return score(splits.x_val, splits.y_val)
+
+
 def _score_reported(method: Any, score: Callable[..., tuple[float, float]], splits: Splits,
                     bn_loader: Any, live_val: tuple[float, float] | None
                     ) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -401,7 +414,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         except (NonFiniteError, NonFiniteWeights) as exc:  # raised at a step (nonfinite="raise")
             result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
             break
-        live_val = score(splits.x_val, splits.y_val) if method.reads_val_metrics else None
+        live_val = _val_for_triggers(method, score, splits, bn_loader)
         if not all(math.isfinite(v) for v in (train_loss, *(live_val or ()))):
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"
             break

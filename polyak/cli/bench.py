@@ -118,13 +118,31 @@ def _open_store(path: str, must_exist: bool = False):
     return Store(path)
 
 
+def _extras(keys, tasks) -> dict:
+    """Per task: its number of classes (the chance level), the values each reported method ran
+    with and the tuned values at a grid's end (for the protocol cards)."""
+    from polyak.bench.train import resolve_overrides
+
+    by_name = {t.name: t for t in tasks}
+    out: dict = {}
+    for key in keys:
+        task = by_name[key.task]
+        extra = out.setdefault(key.task, {"num_classes": task.num_classes(), "tuned": {},
+                                          "edges": task.tuned_edges(),
+                                          "outside_claims": task.outside_claims})
+        if key.method not in extra["tuned"]:
+            extra["tuned"][key.method] = resolve_overrides(task, key.method, key.epochs)
+    return out
+
+
 def _report(store, keys, tasks, out: str, notes: list[str], baseline: str | None = None) -> None:
     from polyak.bench.report import write_report
 
     info = {t.name: (t.epochs, t.description) for t in tasks}
     for key in keys:
         info[key.task] = (key.epochs, info[key.task][1])
-    text, _ = write_report(store, keys, out, info, notes, baseline=baseline)
+    text, _ = write_report(store, keys, out, info, notes, baseline=baseline,
+                           extras=_extras(keys, tasks))
     _print_markdown(text)
     typer.echo(f"report written to {Path(out) / 'report.md'}", err=True)
 

@@ -1,14 +1,21 @@
 """Lookahead (Zhang, Lucas, Hinton & Ba, NeurIPS 2019, Algorithm 1): k steps forward, 1 step back.
 
 A baseline of the phase-wise aggregation paper (Kobayashi, Table 1c: "LA", k=5) and combinable
-with Gadam (Granziol et al., App. .2). docs/methods.md section 3. Slow weights ``phi`` are copied
-from the fast weights ``theta`` at construction; after every ``k`` steps of the inner optimizer
+with Gadam (Granziol et al., supplement, "Gadam and Lookahead"). docs/methods.md section 3. Slow
+weights ``phi`` are copied from the fast weights ``theta`` at construction; after every ``k``
+steps of the inner optimizer
 
     phi <- phi + alpha * (theta - phi);   theta <- phi
 
 The inner optimizer's state (momentum, Adam moments) is left as it is (the paper's default; the
 authors' code also offers pulling the momentum back, which is not done here). The slow weights and
 the step counter are part of ``state_dict`` (a known bug elsewhere lost them on checkpoint).
+
+The weights Lookahead produces are the slow ones: the Lookahead authors evaluate ``phi``, not the
+fast weights of a cycle in progress. :meth:`eval` puts the slow weights into the parameters and
+:meth:`train` puts the fast ones back (the evaluation-point protocol of schedule-free optimizers,
+which :meth:`polyak.method.Method.eval_weights` follows); :meth:`to_slow` ends Lookahead, leaving
+the model at its slow weights for the inner optimizer to go on from (Gadam + Lookahead's switch).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Lookahead(OptimizerWrapper):
         self.alpha = float(alpha)
         self.foreach = foreach
         self.step_count = 0
+        self._fast: list[Tensor] | None = None  # the fast weights while eval() shows the slow
         self._slow: dict[Tensor, Tensor] = {}
         for p in self._all_params():
             self._slow[p] = p.detach().clone()
@@ -95,6 +103,34 @@ class Lookahead(OptimizerWrapper):
             for f, s in zip(fast, slow):
                 s.lerp_(f, self.alpha)
                 f.copy_(s)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Put the slow weights into the parameters (the fast ones are kept for :meth:`train`)."""
+        if self._fast is not None:
+            return
+        params = self._all_params()
+        self._fast = [p.detach().clone() for p in params]
+        for p in params:
+            p.copy_(self._slow_of(p))
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Put back the fast weights :meth:`eval` set aside (a no-op outside :meth:`eval`)."""
+        if self._fast is None:
+            return
+        for p, f in zip(self._all_params(), self._fast):
+            p.copy_(f)
+        self._fast = None
+
+    @torch.no_grad()
+    def to_slow(self) -> None:
+        """Put the slow weights into the parameters for good (Lookahead ends: e.g.
+        ``SwitchOptimizer(lambda la: la.optimizer, at_epoch=..., on_switch=Lookahead.to_slow)``
+        continues with the inner optimizer from the weights Lookahead reports)."""
+        self.train()
+        for p in self._all_params():
+            p.copy_(self._slow_of(p))
 
     def state_dict(self) -> dict[str, Any]:
         """Inner optimizer's state_dict plus the slow weights, the step counter, k and alpha."""

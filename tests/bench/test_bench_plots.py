@@ -31,15 +31,17 @@ def test_single_run_has_an_empty_band():
 def test_panels_group_each_paper_with_its_baselines_and_keep_the_rest():
     from polyak.bench.plots import PANELS, panels
 
-    many = ["sgdm", "pwa", "sgd", "sgdl", "adam", "tso-alra", "my-method+ema"]
+    many = ["sgdm@pwa", "pwa", "sgd@sgdl", "sgdl", "adam@tso-alra", "tso-alra",
+            "my-method+ema"]
     chosen = panels(many)
-    assert chosen["PWA (Kobayashi)"] == ["sgdm", "pwa"]
+    assert chosen["PWA (Kobayashi, Tables 1c and 2)"] == ["sgdm@pwa", "pwa"]
+    assert chosen["SGDL (Wu et al.)"] == ["sgd@sgdl", "sgdl"]
     assert chosen["other"] == ["my-method+ema"]
     assert all(members for members in chosen.values())
-    from polyak.recipes import PAPER_METHODS
+    from polyak.bench.protocols import default_methods
 
     placed = {m for members in PANELS.values() for m in members}
-    assert set(PAPER_METHODS) <= placed
+    assert set(default_methods()) <= placed   # every arm of every protocol has its panel
 
 
 def test_a_small_selection_shares_one_panel():

@@ -100,9 +100,13 @@ def test_tune_writes_the_json_and_bench_reads_it(capsys, tmp_path, tiny):
                             str(tmp_path / "t.sqlite"), "--out", str(out), "--no-progress")
     assert code == 0, err
     data = json.loads(out.read_text())
-    assert set(data["tuned"]) == {"sgd", "sgdm", "swa"} and data["shared"] == {"swa": "sgdm"}
+    # swa is the Gadam protocol's arm: it reuses sgdm@gadam's lr then weight decay
+    assert set(data["tuned"]) == {"sgd", "sgdm@gadam", "swa"}
+    assert data["shared"] == {"swa": "sgdm@gadam"}
     assert data["commands"][0].startswith("polyak tune") and len(data["scores"]["sgd"]) == 2
-    assert "sgd: lr=" in stdout and "(from sgdm)" in stdout
+    assert [s["stage"] for s in data["scores"]["sgdm@gadam"]] == [0, 0, 1, 1]
+    assert set(data["tuned"]["sgdm@gadam"]) == {"lr", "weight_decay"}
+    assert "sgd: lr=" in stdout and "(from sgdm@gadam)" in stdout
     code, stdout, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "swa", "--seeds",
                             "1", "--epochs", "1", "--workers", "1", "--tuned", str(out),
                             "--store", str(tmp_path / "b.sqlite"), "--out",
@@ -122,9 +126,9 @@ def test_bench_and_report_take_one_tuned_file_per_task(capsys, tmp_path, tiny, m
     for name, lr in (("tiny", 0.05), ("tiny2", 0.2)):
         files[name] = tmp_path / f"{name}.json"
         files[name].write_text(json.dumps({"task": name, "epochs": 1,
-                                           "tuned": {"sgdm": {"lr": lr}}}))
+                                           "tuned": {"sgdm@gadam": {"lr": lr}}}))
     tuned = f"{files['tiny']},{files['tiny2']}"
-    args = ("--methods", "sgdm,swa", "--seeds", "2", "--epochs", "1", "--workers", "1",
+    args = ("--methods", "sgdm@gadam,swa", "--seeds", "2", "--epochs", "1", "--workers", "1",
             "--store", str(tmp_path / "b.sqlite"))
     code, _, err = run(capsys, "bench", "--tasks", "tiny,tiny2", *args, "--tuned", tuned,
                        "--out", str(tmp_path / "rep"), "--no-progress")
@@ -132,8 +136,8 @@ def test_bench_and_report_take_one_tuned_file_per_task(capsys, tmp_path, tiny, m
     with Store(tmp_path / "b.sqlite") as store:
         lrs = {(r["task"], r["method"]): json.loads(r["config"])["overrides"]["lr"]
                for r in store.runs()}
-    assert lrs == {("tiny", "sgdm"): 0.05, ("tiny", "swa"): 0.05, ("tiny2", "sgdm"): 0.2,
-                   ("tiny2", "swa"): 0.2}
+    assert lrs == {("tiny", "sgdm@gadam"): 0.05, ("tiny", "swa"): 0.05,
+                   ("tiny2", "sgdm@gadam"): 0.2, ("tiny2", "swa"): 0.2}
     code, _, err = run(capsys, "report", "--store", str(tmp_path / "b.sqlite"), "--tuned", tuned,
                        "--out", str(tmp_path / "rep2"))
     assert code == 0, err
@@ -141,7 +145,8 @@ def test_bench_and_report_take_one_tuned_file_per_task(capsys, tmp_path, tiny, m
     assert "## Paper claims across tasks" in text
     row = next(line for line in text.splitlines()
                if line.startswith("| SWA beats momentum SGD |"))
-    assert row.count("inconclusive") + row.count("supported") + row.count("contradicted") == 2
+    verdicts = ("inconclusive", "supported", "contradicted", "unstable")
+    assert sum(row.count(f"| {v}") for v in verdicts) == 2
     # the same file twice, a file naming no task, a task not run: one line each
     code, _, err = run(capsys, "bench", "--tasks", "tiny,tiny2", *args, "--tuned",
                        f"{files['tiny']},{files['tiny']}")
@@ -183,7 +188,7 @@ def test_report_after_a_shorter_bench_finds_its_budget_and_takes_a_baseline(caps
     code, stdout, err = run(capsys, "report", "--store", str(store), "--out", str(out))
     assert code == 0, err
     assert "## tiny (1 epochs)" in stdout and "| sgdl |" in stdout
-    assert "sgdm (not run)" in stdout and "--baseline NAME" in stdout
+    assert "sgdm@sgdl (not run)" in stdout and "--baseline NAME" in stdout
     code, stdout, err = run(capsys, "report", "--store", str(store), "--out", str(out),
                             "--baseline", "sgdl")
     assert code == 0, err

@@ -43,3 +43,30 @@ def test_invalid_arguments():
         AlexNet(image_size=64)
     with pytest.raises(ValueError, match="hidden"):
         SmallCNN(hidden=0)
+
+
+def test_small_cnn_with_batchnorm_is_the_sgdl_papers_image_setting():
+    """BatchNorm after each convolution and the hidden layer, no dropout: the forward equals
+    the same layers written out with torch's functional ops."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = small_cnn(hidden=64, channels=(6, 12), dropout=0.0, batchnorm=True)
+    bns = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d,
+                                                        torch.nn.BatchNorm2d))]
+    assert len(bns) == 3 and count_parameters(model) == count_parameters(
+        small_cnn(hidden=64, channels=(6, 12), dropout=0.0)) + 2 * (6 + 12 + 64)
+    x = torch.randn(5, 1, 28, 28)
+    model.train()
+
+    def bn(t):  # training-mode BatchNorm with the initial affine (1, 0)
+        dims = [0, 2, 3] if t.dim() == 4 else [0]
+        return (t - t.mean(dims, keepdim=True)) / torch.sqrt(
+            t.var(dims, unbiased=False, keepdim=True) + 1e-5)
+
+    h = F.relu(F.max_pool2d(bn(model.conv1(x)), 2))
+    h = F.relu(F.max_pool2d(bn(model.conv2(h)), 2)).flatten(1)
+    want = model.fc2(F.relu(bn(model.fc1(h))))
+    assert torch.allclose(model(x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="batchnorm"):
+        SmallCNN(batchnorm="yes")

@@ -91,7 +91,10 @@ def test_markdown_lists_methods_claims_and_failures():
 
 
 def test_baselines_ignore_overrides():
-    assert baseline_of("swa") == "sgdm" and baseline_of("gadam:lr=0.01") == "adamw"
+    # an arm of a paper's protocol is tested against that protocol's arm (the table falls back
+    # to the recipe's baseline when it was not run: sgdm above); a plain recipe against its own
+    assert baseline_of("swa") == "sgdm@gadam" and baseline_of("gadam:lr=0.01") == "adamw@gadam"
+    assert baseline_of("adamw+ema") is None and baseline_of("adamw") == "adam"
     assert baseline_of("no-such-thing") is None
 
 

@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 
-import polyak
 from polyak.bench import runner
 from polyak.bench.runner import plan_grid, run_grid
 from polyak.bench.store import Store
@@ -49,12 +48,17 @@ def test_bad_plans_raise_value_errors(tiny_task, methods, seeds, epochs, match):
         plan_grid([tiny_task], methods, seeds=seeds, epochs=epochs)
 
 
-def test_default_methods_are_the_available_paper_methods():
+def test_default_methods_are_the_available_arms_of_the_papers_protocols():
+    from polyak.bench import protocols
+
     ok, missing = runner.default_methods()
-    assert ok + [m for m, _ in missing] == sorted(
-        polyak.recipes.PAPER_METHODS, key=(ok + [m for m, _ in missing]).index)
-    assert set(ok) | {m for m, _ in missing} == set(polyak.recipes.PAPER_METHODS)
-    assert all(polyak.recipes.available(m)[0] for m in ok)
+    everything = protocols.default_methods()
+    assert ok + [m for m, _ in missing] == sorted(everything,
+                                                 key=(ok + [m for m, _ in missing]).index)
+    assert set(ok) | {m for m, _ in missing} == set(everything)
+    assert all(protocols.parse(m).available()[0] for m in ok)
+    # every claim's two arms run by default
+    assert {side for c in protocols.CLAIMS for side in (c.a, c.b)} <= set(everything)
 
 
 def test_finished_runs_are_not_run_again(tiny_task, tmp_path):

@@ -146,3 +146,55 @@ def test_invalid_arguments_raise(kwargs, name):
 def test_non_optimizer_raises():
     with pytest.raises(ValueError, match="optimizer"):
         Lookahead(torch.optim.SGD, k=5)
+
+
+def test_eval_shows_the_slow_weights_and_train_puts_the_fast_back():
+    """The Lookahead authors evaluate the slow weights; mid-cycle they differ from the fast."""
+    from polyak.method import Method
+
+    model, x, y = tanh_net(), *batch()
+    ref = copy.deepcopy(model)
+    la = Lookahead(sgd(model), k=4, alpha=0.3)
+    train(model, la, 6, x, y)                       # two steps into the second cycle
+    slow = reference_lookahead(ref, sgd(ref), 6, 4, 0.3, x, y)
+    fast = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(f, s) for f, s in zip(fast, slow))
+    method = Method(model, la)
+    assert not method.reports_live_weights
+    with method.eval_weights():
+        for p, s in zip(model.parameters(), slow):
+            assert torch.allclose(p, s, rtol=1e-6, atol=1e-7)
+    for p, f in zip(model.parameters(), fast):      # back to the fast weights, bit for bit
+        assert torch.equal(p, f)
+    la.train()                                      # a no-op outside eval()
+    assert all(torch.equal(p, f) for p, f in zip(model.parameters(), fast))
+
+
+def test_to_slow_ends_lookahead_at_its_slow_weights_and_a_replayed_switch_keeps_weights():
+    """Gadam + Lookahead: the switch to IA continues from the slow weights; a checkpoint taken
+    after the switch, loaded into a fresh Method, must not move the weights again."""
+    from polyak.method import Method, SwitchOptimizer
+
+    model, x, y = tanh_net(), *batch()
+    la = Lookahead(sgd(model), k=4, alpha=0.3)
+
+    def switched(m):
+        return SwitchOptimizer(lambda o: o.optimizer, at_epoch=1,
+                               on_switch=lambda o: o.to_slow())
+
+    method = Method(model, la, switches=[switched(model)])
+    for _ in range(6):
+        method.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+    slow = [s.clone() for s in la.slow_weights()]
+    method.end_epoch(0)
+    assert method.optimizer is la.optimizer
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), slow))
+    state = copy.deepcopy(method.state_dict())
+    weights = copy.deepcopy(model.state_dict())
+    fresh = copy.deepcopy(model)
+    fresh_method = Method(fresh, Lookahead(sgd(fresh), k=4, alpha=0.3),
+                          switches=[switched(fresh)])
+    fresh.load_state_dict(weights)
+    fresh_method.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), model.parameters()))
+    assert isinstance(fresh_method.optimizer, torch.optim.SGD)

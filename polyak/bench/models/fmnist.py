@@ -11,6 +11,9 @@
   describes (Sec. 6.3: "20 channels, a 2D dropout layer and 2 full-connection layers with 1,000
   hidden nodes"): conv5x5 10, max-pool, ReLU, conv5x5 20, 2-D dropout, max-pool, ReLU,
   Linear(320, 1000), ReLU, dropout, Linear(1000, classes). 336,290 parameters on 28x28 inputs.
+  With ``batchnorm=True`` it is that paper's image setting in small (App. A.3.1: "BN ... but
+  without dropout" for its image networks): BatchNorm after each convolution and after the
+  hidden linear layer (before the ReLU), and ``dropout=0``.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ class SmallCNN(nn.Module):
     """Two 5x5 convolutions and two fully connected layers (vanilla-SGD paper, Sec. 6.3)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-                 hidden: int = 1000, dropout: float = 0.5, channels: tuple[int, int] = (10, 20)
-                 ) -> None:
+                 hidden: int = 1000, dropout: float = 0.5, channels: tuple[int, int] = (10, 20),
+                 batchnorm: bool = False) -> None:
         check_int("num_classes", num_classes)
         if len(channels) != 2:
             raise ValueError(f"Invalid channels: {channels!r} (allowed: two integers >= 1)")
@@ -65,6 +68,8 @@ class SmallCNN(nn.Module):
         check_int("image_size", image_size, 16)
         if not 0 <= dropout < 1:
             raise ValueError(f"Invalid dropout: {dropout!r} (allowed: 0 <= dropout < 1)")
+        if not isinstance(batchnorm, bool):
+            raise ValueError(f"Invalid batchnorm: {batchnorm!r} (allowed: True, False)")
         super().__init__()
         side = ((image_size - 4) // 2 - 4) // 2
         c1, c2 = channels
@@ -73,12 +78,15 @@ class SmallCNN(nn.Module):
         self.fc1 = nn.Linear(c2 * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = dropout
+        norm = (lambda n, k: k(n)) if batchnorm else (lambda n, k: nn.Identity())
+        self.bn1, self.bn2 = norm(c1, nn.BatchNorm2d), norm(c2, nn.BatchNorm2d)
+        self.bn3 = norm(hidden, nn.BatchNorm1d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.dropout2d(self.conv2(x), self.dropout, self.training)
+        x = F.relu(F.max_pool2d(self.bn1(self.conv1(x)), 2))
+        x = F.dropout2d(self.bn2(self.conv2(x)), self.dropout, self.training)
         x = F.relu(F.max_pool2d(x, 2)).flatten(1)
-        x = F.dropout(F.relu(self.fc1(x)), self.dropout, self.training)
+        x = F.dropout(F.relu(self.bn3(self.fc1(x))), self.dropout, self.training)
         return self.fc2(x)
 
 
@@ -88,9 +96,10 @@ def alexnet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -
 
 
 def small_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-              hidden: int = 1000, dropout: float = 0.5, channels: tuple[int, int] = (10, 20)
-              ) -> SmallCNN:
+              hidden: int = 1000, dropout: float = 0.5, channels: tuple[int, int] = (10, 20),
+              batchnorm: bool = False) -> SmallCNN:
     """Small 2-conv CNN (LeNet-style, vanilla-SGD paper Sec. 6.3): 0.34M parameters on 28x28
     (``hidden=1000``, ``channels=(10, 20)``; narrower ones make a cheaper network for CPU
-    budgets)."""
-    return SmallCNN(num_classes, in_channels, image_size, hidden, dropout, tuple(channels))
+    budgets); ``batchnorm=True, dropout=0`` is that paper's image setting in small."""
+    return SmallCNN(num_classes, in_channels, image_size, hidden, dropout, tuple(channels),
+                    batchnorm)
