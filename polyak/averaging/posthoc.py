@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polyak.averaging.base import _is_sharded, _local
+from polyak.averaging._tensors import is_sharded as _is_sharded
+from polyak.averaging._tensors import local as _local
 from polyak.averaging.bn import Forward, recalibrate_bn, saved_bn_buffers
 from polyak.averaging.phasewise import phase_weights
 from polyak.averaging.power_ema import power_ema_fit

@@ -38,7 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from polyak.averaging.base import _is_sharded, _local, check_epoch, check_every
+from polyak.averaging._tensors import is_sharded as _is_sharded
+from polyak.averaging._tensors import local as _local
+from polyak.averaging.base import check_epoch, check_every
 from polyak.averaging.power_ema import power_ema_beta, sigma_rel_to_gamma
 from polyak.averaging.snapshot_dir import (
     FILE_FORMAT,
