@@ -3,7 +3,9 @@
 ``polyak list --json`` prints the same catalogue as JSON: one object per entry with ``kind``,
 ``name`` and ``description``; recipes add ``base``, ``averaging``, ``paper``,
 ``hyperparameters`` (name -> default; budget rules as their formula) and ``tuning`` (the grid
-the paper searched, or the recipe whose tuned values it reuses).
+the paper searched, or the recipe whose tuned values it reuses); the arms of the papers'
+protocols (what ``polyak bench`` runs by default) add ``protocol``, ``paper``, ``recipe``,
+``settings``, ``tuning`` and ``baseline``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SECTIONS = (
     ("polyak.schedules", "schedules"),
     ("polyak.triggers", "triggers"),
     ("polyak.recipes", "recipes"),
+    ("polyak.bench.protocols", "protocol arms"),
     ("polyak.analysis", "analysis"),
     ("polyak.bench.tasks", "tasks"),
 )
@@ -68,6 +71,9 @@ def catalogue() -> list[dict[str, Any]]:
         if module_name == "polyak.recipes":
             rows += _recipe_entries(heading)
             continue
+        if module_name == "polyak.bench.protocols":
+            rows += [{"kind": heading, **entry} for entry in module.catalogue()]
+            continue
         describe = getattr(module, "describe", None)
         if callable(describe):  # modules with a registry of named things (tasks)
             rows += [{"kind": heading, "name": n, "description": t} for n, t in describe()]
@@ -83,6 +89,12 @@ def _text(entry: dict[str, Any]) -> str:
     text = entry["description"]
     if entry.get("available") is False:
         text += f" [unavailable: {entry['unavailable']}]"
+    if "protocol" in entry:   # an arm of a paper's protocol
+        settings = ", ".join(f"{k}={v}" for k, v in entry["settings"].items())
+        text += f"\n  {entry['paper']}: {entry['recipe']}" + (f" with {settings}" if settings
+                                                               else "")
+        text += f"\n  tuning: {entry['tuning']}"
+        return text
     if "hyperparameters" in entry:
         hps = ", ".join(f"{k}={v}" for k, v in entry["hyperparameters"].items())
         tuning = entry["tuning"]

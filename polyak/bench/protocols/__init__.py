@@ -16,6 +16,8 @@ boundaries are fractions of the budget, per-epoch factors follow the paper's for
 
 from __future__ import annotations
 
+from typing import Any
+
 from polyak import recipes
 from polyak.bench.claims import Claim
 from polyak.bench.protocols import gadam, nitanda, pwa, reference, sgdl, tso_alra
@@ -34,7 +36,7 @@ from polyak.recipes import Recipe
 
 __all__ = ["PROTOCOLS", "ARMS", "CLAIMS", "Arm", "Plan", "Protocol", "Quote", "Context", "PerLr",
            "Times", "LargeLr", "parse", "plan", "arm", "protocol_of", "baseline_of", "baselines_of",
-           "default_methods", "claims_of"]
+           "default_methods", "claims_of", "catalogue"]
 
 PROTOCOLS: dict[str, Protocol] = {p.key: p for p in (
     pwa.PROTOCOL, sgdl.PROTOCOL, tso_alra.PROTOCOL, gadam.PROTOCOL, nitanda.PROTOCOL,
@@ -105,6 +107,20 @@ def baselines_of(spec: str) -> list[str]:
 def default_methods() -> list[str]:
     """Every arm of every protocol, paper by paper (what ``polyak bench`` runs by default)."""
     return list(_BY_NAME)
+
+
+def catalogue() -> list[dict[str, Any]]:
+    """Every arm as plain data (``polyak list``): its protocol, recipe, settings (rules as their
+    formula), how it is tuned and its baseline."""
+    from polyak._recipe_parts import shown
+
+    rows = []
+    for name, (a, proto) in _BY_NAME.items():
+        rows.append({"name": name, "protocol": proto.key, "paper": proto.paper,
+                     "recipe": a.recipe, "description": parse(name).description,
+                     "settings": {k: shown(v) for k, v in a.settings.items()},
+                     "tuning": a.plan.text or a.plan.describe(), "baseline": a.baseline})
+    return rows
 
 
 def claims_of(methods: set[str] | None = None) -> list[Claim]:

@@ -31,7 +31,7 @@ ARMS = (
     Arm(f"sam@{KEY}", "sam", {"schedule": "linear"}, _S,
         "SAM (rho 0.05) on momentum SGD at step size s, Gadam eq. 12", {"lr": AVERAGE},
         baseline=SGD_S),
-    Arm(f"sam-avg@{KEY}", "sam-avg", {}, _S,
+    Arm(f"sam-avg@{KEY}", "sam-avg", {"lr": 0.1}, _S,   # s; tuning sets it
         "Averaged SAM at step size s (SWA's eq. 13 and averaging start)", {"plan": AVERAGE},
         baseline=f"sam@{KEY}"),
     Arm("sam-avg", "sam-avg", {}, _LARGER, "", {"lr": LARGE}, baseline=f"sam-avg@{KEY}"),

@@ -45,9 +45,11 @@ def _table3(name: str, recipe: str, label: str) -> tuple[Arm, Arm]:
     plain = Arm(f"{name}-const@{KEY}", recipe, _T3, _ADAPTIVE_PLAN,
                 f"{label} at a constant lr 1e-3 for half the budget (PWA Table 3: 80 of 160 "
                 "epochs)", {"budget": TABLE3, "lr": ADAPTIVE, "weight_decay": WD})
-    pwa = Arm(f"pwa-{name}@{KEY}", f"pwa-{name}", _T3, _ADAPTIVE_PLAN,
-              f"PWA on {label}: one constant-lr phase over half the budget (Table 3)",
-              {"budget": TABLE3, "lr": ADAPTIVE, "gamma0": GAMMA_RULE},
+    # PWA over one phase is that phase's aggregate at its end, with nothing left to restart:
+    # the `final` averaging of the same constant-lr run (so both arms share one trajectory)
+    pwa = Arm(f"pwa-{name}@{KEY}", f"{recipe}+final", _T3, _ADAPTIVE_PLAN,
+              f"PWA on {label}: the aggregate of one constant-lr phase over half the budget, "
+              "at its end (Table 3)", {"budget": TABLE3, "lr": ADAPTIVE, "gamma0": GAMMA_RULE},
               baseline=plain.name)
     return plain, pwa
 
