@@ -10,10 +10,11 @@ bench holds are waited for (polled) and taken over if its lease expires.
 
 With ``resume`` (a :class:`~polyak.bench.resume.ResumePolicy`) every run saves its full state
 every few epochs and a run that finds its checkpoint continues from it (bit for bit on the
-CPU): a killed bench loses at most the epochs since the last save. Before anything runs the
-checkpoints of unfinished runs are read and checked (a corrupt or foreign one stops the bench
-with one line naming it); a run's checkpoint is removed once the run is in the store, and stale
-ones of finished runs are removed at the start. An exception inside a run is recorded as
+CPU): a killed bench loses at most the epochs since the last save, and the console line of a
+continued run says where it resumed (``done ... (resumed after epoch 10)``). Before anything
+runs the checkpoints of unfinished runs are read and checked (a corrupt or foreign one stops the
+bench with one line naming it); a run's checkpoint is removed once the run is in the store, and
+stale ones of finished runs are removed at the start. An exception inside a run is recorded as
 ``failed`` with its traceback (retried by the next bench) and never stops the grid; a
 non-finite loss is recorded as ``diverged``. With ``workers=1`` the runs execute in-process.
 Runs on CUDA (``task.device``) default to one worker: one run at a time on the one GPU.
@@ -165,8 +166,17 @@ def _describe(job: Job, result: RunResult) -> str:
     last = result.records[-1] if result.records else {}
     val, test = (100 * (last.get(k) or float("nan")) for k in ("val_acc", "test_acc"))
     state = "[green]done[/]" if result.status == "complete" else "[yellow]diverged[/]"
-    return (f"{state} {job.task.name} {job.spec} seed {job.seed}: val acc {val:.2f}%, "
-            f"test acc {test:.2f}% ({result.wall_time:.1f} s)")
+    return (f"{state} {job.task.name} {job.spec} seed {job.seed}{_resumed(result)}: val acc "
+            f"{val:.2f}%, test acc {test:.2f}% ({result.wall_time:.1f} s)")
+
+
+def _resumed(result: RunResult) -> str:
+    """" (resumed after epoch 10)": the epochs done when the run continued from its checkpoint
+    (the store's ``resumed`` column), every continuation in order; "" for a run in one go."""
+    done = list(result.resumed_from)
+    if not done:
+        return ""
+    return f" (resumed after epoch{'s' if len(done) > 1 else ''} {', '.join(map(str, done))})"
 
 
 def check_checkpoints(store: Store, jobs: list[Job]) -> None:
