@@ -121,9 +121,10 @@ def _open_store(path: str, must_exist: bool = False):
 def _report(store, keys, tasks, out: str, notes: list[str], baseline: str | None = None) -> None:
     from polyak.bench.report import write_report
 
-    info = {t.name: (t.epochs, t.description) for t in tasks}
-    for key in keys:
-        info[key.task] = (key.epochs, info[key.task][1])
+    by_name = {t.name: t for t in tasks}
+    info = {t.name: (t.epochs, t.describe()) for t in tasks}
+    for key in keys:  # the budget the runs have, described as such (not the task's default)
+        info[key.task] = (key.epochs, by_name[key.task].describe(key.epochs))
     text, _ = write_report(store, keys, out, info, notes, baseline=baseline)
     _print_markdown(text)
     typer.echo(f"report written to {Path(out) / 'report.md'}", err=True)

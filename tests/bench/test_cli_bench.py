@@ -225,3 +225,20 @@ def test_bench_announces_where_a_run_resumed(capsys, tmp_path, tiny):
     assert lines == {"done tiny sgd seed 0", "done tiny sgdm seed 0 (resumed after epoch 2)"}
     with Store(store) as runs:
         assert {r["method"]: r["resumed"] for r in runs.runs()} == {"sgd": None, "sgdm": "2"}
+
+
+def test_report_describes_the_budget_the_bench_ran(capsys, tmp_path, tiny):
+    """Issue 21: `polyak bench --epochs 5` headed "(5 epochs)" and then described the task's
+    default budget ("40 epochs of batch 128 ... at 10 evenly spaced epochs; ~6 s/run")."""
+    out = tmp_path / "report"
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "sgd", "--seeds", "1",
+                       "--epochs", "1", "--workers", "1", "--store", str(tmp_path / "s.sqlite"),
+                       "--out", str(out), "--no-progress")
+    assert code == 0, err
+    text = (out / "report.md").read_text()
+    heading = text.index("## tiny (1 epochs)")
+    description = text[heading:].splitlines()[2]
+    assert f"1 epoch (default {tiny.epochs}) of batch" in description, description
+    assert f"{tiny.epochs} epochs of batch" not in description
+    assert "at every epoch" in description and "evenly spaced" not in description
+    assert "(full test set, BatchNorm recalibrated): every epoch." in text
