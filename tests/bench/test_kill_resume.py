@@ -85,9 +85,33 @@ def checkpoint_state(ckpt):
     return state
 
 
-def wrote_since(ckpt, was):
-    """Whether a checkpoint was written (renamed into place) since ``was`` was taken."""
-    return any(was.get(path) != state for path, state in checkpoint_state(ckpt).items())
+def wait_for_a_fresh_run(ckpt, proc):
+    """Wait until the bench has written the checkpoints of epochs 0 and 1 of one run (a run it
+    started from scratch: a resumed run writes no epoch 0); returns the seconds between the two
+    writes: one epoch at the machine's present speed. The run then has epochs 2.. to go, so a
+    kill within the next epoch finds its epoch-1 checkpoint on disk however loaded the machine
+    is (a clock-timed kill could fall between two runs, when no checkpoint exists)."""
+    seen, first, found = {}, {}, []
+
+    def epoch_1_written():
+        for path, state in checkpoint_state(ckpt).items():
+            if seen.get(path) == state:
+                continue
+            seen[path] = state
+            try:
+                data = torch.load(path, weights_only=True)
+            except FileNotFoundError:  # removed since: its run finished
+                continue
+            key = (data["identity"]["method"], data["identity"]["seed"])
+            if data["epoch"] == 0:
+                first[key] = time.monotonic()
+            elif data["epoch"] == 1 and key in first:
+                found.append(time.monotonic() - first[key])
+                return True
+        return False
+
+    wait_for(epoch_1_written, proc)
+    return found[0]
 
 
 def saved_epochs(ckpt):
@@ -120,14 +144,14 @@ def test_sigkilled_bench_resumes_to_the_uninterrupted_store(tiny_task, tmp_path)
     store, ckpt = tmp_path / "runs.sqlite", tmp_path / "ck"
     cmd, rng, log = command(tmp_path, store, ckpt), random.Random(20261130), []
     resumable = {}  # (method, seed) -> epoch of the checkpoint a later invocation must use
-    # kills 1 and 2: a random moment after this invocation trained an epoch (it wrote a
-    # checkpoint: timed by what the bench did, not by the clock, so a loaded machine only slows
-    # both sides down), mostly mid-epoch
+    # kills 1 and 2: at a random moment of the third epoch of a run this invocation started
+    # (timed by what the bench did, not by the clock, so a loaded machine slows both sides
+    # alike): mid-epoch, or inside the write at its end
     for _ in range(2):
-        was, stale = checkpoint_state(ckpt), set(tmp_files(ckpt))
+        stale = set(tmp_files(ckpt))
         proc = start(cmd)
-        wait_for(lambda was=was: wrote_since(ckpt, was), proc)
-        time.sleep(rng.uniform(0.05, 0.6))
+        epoch = wait_for_a_fresh_run(ckpt, proc)
+        time.sleep(rng.uniform(0.0, 1.0) * epoch)
         writing = bool(set(tmp_files(ckpt)) - stale)
         kill_group(proc)
         log.append("inside a checkpoint write" if writing else "between checkpoint writes")
