@@ -310,7 +310,7 @@ def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any]
 
         split_groups(optimizer, param_groups)
     kwargs: dict[str, Any] = {"schedule": rule.build(run, hp), "name": name,
-                              "steps_per_epoch": steps_per_epoch,
+                              "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                               "warmup_steps": warmup_steps(hp.get("warmup", 0), steps_per_epoch)}
     if run < epochs:
         kwargs["stop_trigger"] = AtEpoch(run - 1)

@@ -146,6 +146,10 @@ class SwitchOptimizer:
 class Method(Stepping):
     """One training method: the object a training loop talks to (see the module docstring).
 
+    ``epochs`` is the epoch budget the Method was built for (``polyak.recipe`` sets it; its
+    schedule and averaging are laid out over it), ``None`` when it has none; the framework
+    integrations refuse a trainer whose epoch budget differs.
+
     Counters: :attr:`steps` (optimizer steps taken), :attr:`skipped_steps` (steps dropped for a
     non-finite value or a GradScaler overflow), :attr:`epochs_done`; :attr:`last_step_skipped`
     and :attr:`last_grad_norm` (the norm :class:`~polyak.loop.ClipGradNorm` measured, before
@@ -160,7 +164,11 @@ class Method(Stepping):
         clip: Callable[[list[Tensor]], Tensor | None] | None = None, scaler: Any = None,
         accumulate: int = 1, warmup_steps: int = 0, nonfinite: str = "raise",
         observers: Iterable[Any] = (),
+        epochs: int | None = None,
     ) -> None:
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                                   or epochs < 1):
+            raise ValueError(f"Invalid epochs: {epochs!r} (allowed: None or an integer >= 1)")
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (an integer >= 1)")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
@@ -177,6 +185,7 @@ class Method(Stepping):
                              (stop_trigger, "stop_trigger")):
             _check_trigger(trigger, who)
         self.model, self.optimizer, self.name = model, optimizer, name
+        self.epochs = epochs      # the budget it was built for (recipes set it), or None
         self.schedule, self.per_step, self.steps_per_epoch = schedule, per_step, steps_per_epoch
         self.averaging, self.averaging_trigger = averaging, averaging_trigger
         self.switches, self.stop_trigger = list(switches), stop_trigger

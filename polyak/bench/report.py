@@ -291,6 +291,15 @@ def claims_summary(report: TaskReport) -> str:
     return f"{text} (Holm-adjusted p < {ALPHA:g} across the {tested} claims tested)"
 
 
+def _evaluated(report: TaskReport) -> str:
+    """Which epochs the curves hold points at, read from the runs' records."""
+    points = max((sum(r.get("test_acc") is not None for r in curve)
+                  for curves in report.curves.values() for curve in curves), default=0)
+    if points >= report.epochs:
+        return "every epoch"
+    return f"{points} evenly spaced epochs of the budget, the last one included"
+
+
 def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str:
     """The whole report as Markdown."""
     lines = [f"# polyak benchmark report (polyak {polyak.__version__})", ""]
@@ -310,8 +319,7 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
         if rep.figure is not None:
             lines += [f"![test error of {rep.task}]({rep.figure.name})", "",
                       "The curves show the epochs at which the runs evaluated the reported "
-                      "weights (full test set, BatchNorm recalibrated): 10 evenly spaced epochs "
-                      "of the budget, the last one included.", ""]
+                      f"weights (full test set, BatchNorm recalibrated): {_evaluated(rep)}.", ""]
         lines += ["### Paper claims", ""]
         if rep.outside:
             lines += [f"**Outside the papers' claims:** {rep.task} is not in the papers' "

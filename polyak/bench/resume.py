@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,15 @@ def atomic_save(obj: Any, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be read, on one line: the exception's type and the first sentence
+    of its message, whole (torch's messages run on for several sentences and lines)."""
+    text = " ".join(str(exc).split())
+    match = re.match(r".*?[.!?](?=\s|$)", text)
+    sentence = match.group(0) if match else text
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class RunCheckpoint:
     """The resume checkpoint of one run: its file, the run's identity and when to save."""
@@ -175,8 +185,7 @@ class RunCheckpoint:
         try:
             data = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"cannot read checkpoint {self.path} ({first[:200]}); "
+            raise CheckpointError(f"cannot read checkpoint {self.path} ({_reason(exc)}); "
                                   f"{remedy}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{self.path} is not a polyak run checkpoint of format "

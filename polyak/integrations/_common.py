@@ -27,11 +27,21 @@ from polyak.method import Method
 from polyak.optim.sam import frozen_bn_stats
 
 __all__ = ["MethodOptimizer", "method_step", "sam_step", "check_method", "reported_state",
-           "metric_needs"]
+           "metric_needs", "budget_epochs"]
 
 
 def _is_sam(optimizer: Any) -> bool:
     return hasattr(optimizer, "first_step") and hasattr(optimizer, "second_step")
+
+
+def budget_epochs(method: Method) -> int | None:
+    """The epoch budget ``method`` was built for: :attr:`Method.epochs` (every recipe sets it),
+    else the epochs a :class:`~polyak.averaging.PhaseWise` average's phases sum to; ``None``
+    for a Method built without one. The integrations refuse a trainer whose budget differs,
+    for every recipe alike (the schedule, the averaging start and the phases are laid out over
+    it)."""
+    epochs = getattr(method, "epochs", None)
+    return epochs if epochs is not None else getattr(method.averaging, "total_epochs", None)
 
 
 def method_step(method: Method, closure: Callable[[], Any] | None = None,

@@ -54,6 +54,7 @@ from torch import nn
 from polyak.integrations._common import (
     MethodOptimizer,
     _is_sam,
+    budget_epochs,
     check_method,
     metric_needs,
     reported_state,
@@ -175,9 +176,9 @@ class PolyakTrainer(transformers.Trainer):
                   "would see only the last micro-batch)")
         if sam and args.fp16:
             _fail("SAM with fp16 is not supported (GradScaler); use bf16 or fp32")
-        total = getattr(method.averaging, "total_epochs", None)
-        if total is not None and args.max_steps <= 0 and args.num_train_epochs != total:
-            _fail(f"the Method's phases sum to {total} epochs but num_train_epochs="
+        budget = budget_epochs(method)
+        if budget is not None and args.max_steps <= 0 and args.num_train_epochs != budget:
+            _fail(f"the Method was built for {budget} epochs but num_train_epochs="
                   f"{args.num_train_epochs}; build the recipe for the Trainer's epochs")
         needs = metric_needs(method)
         if needs and str(args.eval_strategy) not in ("epoch", "IntervalStrategy.EPOCH"):

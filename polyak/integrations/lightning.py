@@ -29,12 +29,18 @@ Where each Method event happens:
 - at the end of fit the reported weights are written into the module (``write_at_end=False``
   keeps the live ones);
 - the Method's whole state is the optimizer state Lightning saves, so ``Trainer.fit(ckpt_path=)``
-  resumes it exactly.
+  resumes it exactly from an end-of-epoch checkpoint (``ModelCheckpoint``'s default) or with a
+  resumable dataloader (one with ``state_dict``/``load_state_dict``). From a checkpoint saved
+  inside an epoch Lightning restarts a plain ``DataLoader`` from its first batch: the resumed run
+  is not the uninterrupted one, and restoring the Method from such a checkpoint warns
+  (``UserWarning``, once).
 
-Unsupported (a ``ValueError`` at setup): manual optimization, sharded strategies (FSDP, DeepSpeed)
-and ``ddp_spawn``, SAM with gradient accumulation or with a ``GradScaler`` (``16-mixed``), a
-``configure_optimizers`` that returns anything but :func:`method_optimizer`, learning-rate
-schedulers (the Method owns the schedule), triggers without a validation metric every epoch.
+Unsupported (a ``ValueError`` at setup): a Method built for another epoch budget than
+``Trainer(max_epochs=...)`` (every recipe knows its budget: ``Method.epochs``), manual
+optimization, sharded strategies (FSDP, DeepSpeed) and ``ddp_spawn``, SAM with gradient
+accumulation or with a ``GradScaler`` (``16-mixed``), a ``configure_optimizers`` that returns
+anything but :func:`method_optimizer`, learning-rate schedulers (the Method owns the schedule),
+triggers without a validation metric every epoch.
 """
 
 from __future__ import annotations
@@ -46,11 +52,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from polyak.integrations._common import (
     MethodOptimizer,
     _is_sam,
+    budget_epochs,
     check_method,
     metric_needs,
     reported_state,
@@ -75,6 +83,24 @@ def method_optimizer(module: L.LightningModule) -> MethodOptimizer:
 
 def _fail(message: str) -> None:
     raise ValueError(f"polyak Lightning integration: {message}")
+
+
+def _mid_epoch(checkpoint: dict[str, Any]) -> tuple[int, int, int] | None:
+    """``(epoch, batches, epochs the Method ended)`` when ``checkpoint`` was saved after some
+    training batches of an epoch the Method had not ended yet, and the training dataloader left
+    no state to resume from; ``None`` otherwise (an end-of-epoch checkpoint, a stateful loader,
+    a checkpoint without a Method state)."""
+    states = checkpoint.get("optimizer_states") or [None]
+    ended = states[0].get("epochs_done") if isinstance(states[0], dict) else None
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress = (fit.get("epoch_loop.batch_progress") or {}).get("current") or {}
+    batches, epoch = progress.get("processed"), checkpoint.get("epoch")
+    if ended is None or batches is None or epoch is None:
+        return None
+    resumable = bool((fit.get("state_dict") or {}).get("combined_loader"))
+    if ended > epoch or batches == 0 or resumable:
+        return None
+    return int(epoch), int(batches), int(ended)
 
 
 class PolyakCallback(L.Callback):
@@ -149,9 +175,9 @@ class PolyakCallback(L.Callback):
         if sam and "16-mixed" in str(trainer.precision):
             _fail("SAM with precision='16-mixed' is not supported (GradScaler steps without "
                   "a closure); use 'bf16-mixed' or '32-true'")
-        total = getattr(method.averaging, "total_epochs", None)
-        if total is not None and trainer.max_epochs != total:
-            _fail(f"the Method's phases sum to {total} epochs but Trainer(max_epochs="
+        budget = budget_epochs(method)
+        if budget is not None and trainer.max_epochs != budget:
+            _fail(f"the Method was built for {budget} epochs but Trainer(max_epochs="
                   f"{trainer.max_epochs}); build the recipe for the Trainer's epochs")
         needs = metric_needs(method)
         if needs and trainer.check_val_every_n_epoch != 1:
@@ -261,6 +287,19 @@ class PolyakCallback(L.Callback):
               "use strategy='ddp'")
 
     # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        where = _mid_epoch(checkpoint)
+        if where is not None:
+            epoch, batches, ended = where
+            rank_zero_warn(
+                f"polyak Lightning integration: the checkpoint was saved {batches} batch(es) "
+                f"into epoch {epoch}, before the Method's end of that epoch (it had ended "
+                f"{ended}); Lightning restarts a plain DataLoader from its first batch, so the "
+                "resumed run will not equal the uninterrupted one. Resume from end-of-epoch "
+                "checkpoints (ModelCheckpoint's default) or with a resumable dataloader (one "
+                "with state_dict/load_state_dict).", category=UserWarning)
+
     def state_dict(self) -> dict[str, Any]:
         """Only a marker: the Method's state is the optimizer state Lightning saves."""
         return {"method": repr(self.method)}

@@ -198,3 +198,52 @@ def test_report_after_a_shorter_bench_finds_its_budget_and_takes_a_baseline(caps
     assert_one_line_error(code, err, "the store has tiny: 1 epochs: pass --epochs N")
     code, _, err = run(capsys, "report", "--store", str(store), "--baseline", "sgdm")
     assert_one_line_error(code, err, "Invalid baseline: 'sgdm'")
+
+
+def test_bench_announces_where_a_run_resumed(capsys, tmp_path, tiny):
+    """Issue 21: the store said a run resumed at epoch 2, the console only "done"."""
+    from polyak.bench.resume import ResumePolicy
+    from polyak.bench.train import run_identity, train_run
+
+    class Killed(Exception):
+        pass
+
+    ckpt = ResumePolicy((tmp_path / "ck").resolve()).for_run(run_identity(tiny, "sgdm", 0, 3))
+    saves = []
+
+    class DiesAfterTwoSaves(type(ckpt)):
+        def save(self, state):
+            super().save(state)
+            saves.append(state["epoch"])
+            if len(saves) == 2:
+                raise Killed
+
+    with pytest.raises(Killed):  # a run killed after epochs 1 and 2 were saved
+        train_run(tiny, "sgdm", 0, 3, resume=DiesAfterTwoSaves(ckpt.path, ckpt.identity))
+    store = tmp_path / "runs.sqlite"
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "sgd,sgdm", "--seeds",
+                       "1", "--epochs", "3", "--workers", "1", "--store", str(store),
+                       "--checkpoint-dir", str(tmp_path / "ck"), "--out",
+                       str(tmp_path / "report"), "--no-progress")
+    assert code == 0, err
+    lines = {line.split(":")[0] for line in err.splitlines() if line.startswith("done ")}
+    assert lines == {"done tiny sgd seed 0", "done tiny sgdm seed 0 (resumed after epoch 2)"}
+    with Store(store) as runs:
+        assert {r["method"]: r["resumed"] for r in runs.runs()} == {"sgd": None, "sgdm": "2"}
+
+
+def test_report_describes_the_budget_the_bench_ran(capsys, tmp_path, tiny):
+    """Issue 21: `polyak bench --epochs 5` headed "(5 epochs)" and then described the task's
+    default budget ("40 epochs of batch 128 ... at 10 evenly spaced epochs; ~6 s/run")."""
+    out = tmp_path / "report"
+    code, _, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "sgd", "--seeds", "1",
+                       "--epochs", "1", "--workers", "1", "--store", str(tmp_path / "s.sqlite"),
+                       "--out", str(out), "--no-progress")
+    assert code == 0, err
+    text = (out / "report.md").read_text()
+    heading = text.index("## tiny (1 epochs)")
+    description = text[heading:].splitlines()[2]
+    assert f"1 epoch (default {tiny.epochs}) of batch" in description, description
+    assert f"{tiny.epochs} epochs of batch" not in description
+    assert "at every epoch" in description and "evenly spaced" not in description
+    assert "(full test set, BatchNorm recalibrated): every epoch." in text

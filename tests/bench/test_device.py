@@ -7,8 +7,8 @@ from _real_data import write_cifar10
 from torch import nn
 
 import polyak
-from polyak.bench import runner
 from polyak.bench.device import OnDevice, prepare_model, resolve_device
+from polyak.bench.executors import local
 from polyak.bench.models.resnet import resnet20
 from polyak.bench.runner import Job, run_grid
 from polyak.bench.store import Store
@@ -91,8 +91,8 @@ def test_device_joins_the_run_identity_only_off_the_cpu():
 
 def test_cuda_jobs_default_to_one_worker(tiny_task, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(runner, "_run_inline", lambda store, todo, done: calls.append("inline"))
-    monkeypatch.setattr(runner, "_run_pool", lambda store, todo, w, done: calls.append(w))
+    monkeypatch.setattr(local, "run_inline", lambda store, todo, done: calls.append("inline"))
+    monkeypatch.setattr(local, "run_pool", lambda store, todo, w, done: calls.append(w))
     gpu = tiny_task.replace(device="cuda")
     jobs = [Job(gpu, "sgd", seed, 1) for seed in range(3)]
     with Store(tmp_path / "runs.sqlite") as store:

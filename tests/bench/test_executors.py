@@ -159,3 +159,29 @@ def test_a_run_that_raises_on_ray_is_recorded_failed_with_its_traceback(ray_clus
         (failed,) = [r for r in store.runs() if r["status"] == "failed"]
         assert "RuntimeError: simulated data failure" in failed["error"]
         assert "Traceback" in failed["error"] and "broken_data" in failed["error"]
+
+
+def _imported_modules(path) -> set[str]:
+    """Every module an ``import`` anywhere in the file at ``path`` names (nested ones too)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_executors_do_not_import_the_runner():
+    """The runner depends on the executors, never the other way round (no import cycle)."""
+    from pathlib import Path
+
+    import polyak.bench.executors as package
+
+    files = sorted(Path(package.__file__).parent.glob("*.py"))
+    assert len(files) >= 3
+    for path in files:
+        assert "polyak.bench.runner" not in _imported_modules(path), path.name

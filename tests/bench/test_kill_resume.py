@@ -3,6 +3,7 @@ inside a checkpoint write, then rerun until it finishes: the store must equal an
 bench's, every run once, and the reruns must have continued runs mid-way from their
 checkpoints instead of redoing finished epochs."""
 
+import fnmatch
 import os
 import pickle
 import random
@@ -47,7 +48,7 @@ def kill_group(proc):
     assert proc.returncode == -signal.SIGKILL
 
 
-def wait_for(predicate, proc, timeout=120.0):
+def wait_for(predicate, proc, timeout=300.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert proc.poll() is None, f"bench ended before the kill: {proc.stderr.read()}"
@@ -55,12 +56,62 @@ def wait_for(predicate, proc, timeout=120.0):
         time.sleep(0.005)
 
 
+def files(root, pattern):
+    """The files under ``root`` named like ``pattern``, while the bench may be creating and
+    removing directories there: ``os.walk`` skips a directory that vanishes mid-scan (``rglob``
+    raised FileNotFoundError when the bench removed a finished run's directories, up to the
+    root, during the scan: the flaky failure of issue 21)."""
+    return sorted(Path(d) / name for d, _, names in os.walk(root)
+                  for name in fnmatch.filter(names, pattern))
+
+
 def resume_files(ckpt):
-    return sorted(Path(ckpt).rglob("resume-*.pt"))
+    return files(ckpt, "resume-*.pt")
 
 
 def tmp_files(ckpt):
-    return sorted(Path(ckpt).rglob(".resume-*.tmp*"))
+    return files(ckpt, ".resume-*.tmp*")
+
+
+def checkpoint_state(ckpt):
+    """Each resume checkpoint's (inode, mtime): a rename over it or its removal changes it."""
+    state = {}
+    for path in resume_files(ckpt):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # removed since the scan
+            continue
+        state[path] = (stat.st_ino, stat.st_mtime_ns)
+    return state
+
+
+def wait_for_a_fresh_run(ckpt, proc):
+    """Wait until the bench has written the checkpoints of epochs 0 and 1 of one run (a run it
+    started from scratch: a resumed run writes no epoch 0); returns the seconds between the two
+    writes: one epoch at the machine's present speed. The run then has epochs 2.. to go, so a
+    kill within the next epoch finds its epoch-1 checkpoint on disk however loaded the machine
+    is (a clock-timed kill could fall between two runs, when no checkpoint exists)."""
+    seen, first, found = {}, {}, []
+
+    def epoch_1_written():
+        for path, state in checkpoint_state(ckpt).items():
+            if seen.get(path) == state:
+                continue
+            seen[path] = state
+            try:
+                data = torch.load(path, weights_only=True)
+            except FileNotFoundError:  # removed since: its run finished
+                continue
+            key = (data["identity"]["method"], data["identity"]["seed"])
+            if data["epoch"] == 0:
+                first[key] = time.monotonic()
+            elif data["epoch"] == 1 and key in first:
+                found.append(time.monotonic() - first[key])
+                return True
+        return False
+
+    wait_for(epoch_1_written, proc)
+    return found[0]
 
 
 def saved_epochs(ckpt):
@@ -93,22 +144,26 @@ def test_sigkilled_bench_resumes_to_the_uninterrupted_store(tiny_task, tmp_path)
     store, ckpt = tmp_path / "runs.sqlite", tmp_path / "ck"
     cmd, rng, log = command(tmp_path, store, ckpt), random.Random(20261130), []
     resumable = {}  # (method, seed) -> epoch of the checkpoint a later invocation must use
-    # kills 1 and 2: a random moment after training began (mostly mid-epoch)
+    # kills 1 and 2: at a random moment of the third epoch of a run this invocation started
+    # (timed by what the bench did, not by the clock, so a loaded machine slows both sides
+    # alike): mid-epoch, or inside the write at its end
     for _ in range(2):
+        stale = set(tmp_files(ckpt))
         proc = start(cmd)
-        wait_for(lambda: resume_files(ckpt), proc)
-        time.sleep(rng.uniform(0.05, 0.6))
-        writing = bool(tmp_files(ckpt))
+        epoch = wait_for_a_fresh_run(ckpt, proc)
+        time.sleep(rng.uniform(0.0, 1.0) * epoch)
+        writing = bool(set(tmp_files(ckpt)) - stale)
         kill_group(proc)
         log.append("inside a checkpoint write" if writing else "between checkpoint writes")
         resumable.update(saved_epochs(ckpt))
-    # kill 3: inside a checkpoint write (the test hook sleeps between the write and the rename)
-    before = saved_epochs(ckpt)
+    # kill 3: inside a checkpoint write of this invocation (the test hook sleeps between the
+    # write and the rename; a temporary file a kill above left behind does not count)
+    before, stale = saved_epochs(ckpt), set(tmp_files(ckpt))
     proc = start(cmd, POLYAK_TEST_CHECKPOINT_SLEEP="30")
-    wait_for(lambda: tmp_files(ckpt), proc)
+    wait_for(lambda: set(tmp_files(ckpt)) - stale, proc, timeout=300)
     kill_group(proc)
     log.append("inside a checkpoint write")
-    assert tmp_files(ckpt)  # the half-done write is left behind as a temporary file...
+    assert set(tmp_files(ckpt)) - stale  # the half-done write is left behind as a temporary file...
     after = saved_epochs(ckpt)  # ...and every checkpoint is still a readable, older state
     finished, _ = contents(store)
     for key, epoch in before.items():

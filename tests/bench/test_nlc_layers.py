@@ -60,6 +60,7 @@ def test_training_steps_match_torch_modules(dtype, tol):
         torch.testing.assert_close(losses[0], losses[1], rtol=tol, atol=tol)
         for (name, p), q in zip(model.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol, msg=name)
+            assert p.grad.stride() == p.stride() == q.grad.stride(), name  # DDP's bucket layout
         for opt in opts:
             opt.step()
     assert_same_state(model, ref, tol * 10)
@@ -88,6 +89,7 @@ def test_conv1d_matches_torch_on_every_geometry(c_in, c_out, kernel, stride, pad
         out_ref.backward(g)
         torch.testing.assert_close(xa.grad, xb.grad)
         torch.testing.assert_close(conv.weight.grad, ref.weight.grad)
+        assert conv.weight.grad.stride() == conv.weight.stride() == ref.weight.grad.stride()
         if bias:
             torch.testing.assert_close(conv.bias.grad, ref.bias.grad)
         conv.zero_grad(), ref.zero_grad()
@@ -211,3 +213,50 @@ def test_tso_alra_kfac_steps_match_torch_modules():
             method.step(lambda m=m, x=x, y=y: F.cross_entropy(m(x), y))
     assert_same_state(model, ref, 1e-8)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), CNN().parameters()))
+
+
+def _ddp_step(rank: int) -> dict:
+    """One DDP forward/backward of the MNIST-1D CNN on this rank's half of a fixed batch."""
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    model = DDP(CNN(channels=8))
+    x, y = _ddp_batch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        F.cross_entropy(model(x[rank::2]), y[rank::2]).backward()
+    return {"warnings": [str(w.message) for w in caught],
+            "grads": [p.grad.clone() for p in model.parameters()],
+            "strides": [(p.grad.stride(), p.stride()) for p in model.parameters()]}
+
+
+def _ddp_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(32, 40, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+
+
+@pytest.mark.slow
+def test_ddp_sees_gradients_in_its_bucket_layout_and_torchs_values(tmp_path, capfd):
+    """Issue 21: under DDP (2 gloo processes) the first convolution's weight gradient (C_in = 1)
+    had strides that differ from its weight's, and every rank printed "Grad strides do not match
+    bucket view strides". Now: no warning, and each rank's all-reduced gradient is the mean of
+    torch's own layers' gradients on the two halves of the batch."""
+    from _ddp_checks import spawn
+
+    ranks = spawn(_ddp_step, tmp_path)
+    assert "Grad strides" not in capfd.readouterr().err
+    torch.manual_seed(0)
+    ref = with_torch_layers(CNN(channels=8))
+    x, y = _ddp_batch()
+    halves = []
+    for rank in range(2):
+        ref.zero_grad()
+        F.cross_entropy(ref(x[rank::2]), y[rank::2]).backward()
+        halves.append([p.grad.clone() for p in ref.parameters()])
+    for got in ranks:
+        assert not [w for w in got["warnings"] if "stride" in w], got["warnings"]
+        assert all(grad == param for grad, param in got["strides"]), got["strides"]
+        for a, b0, b1 in zip(got["grads"], *halves):
+            torch.testing.assert_close(a, (b0 + b1) / 2, rtol=1e-5, atol=1e-6)

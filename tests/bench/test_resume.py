@@ -149,6 +149,31 @@ def test_checkpoint_of_another_run_is_refused(tiny_task, tmp_path):
         ckpt.load()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_unreadable_checkpoint_error_is_one_line_of_whole_sentences(tiny_task, tmp_path, damage):
+    """Issue 21: the error cut torch's message at 200 characters ("...your checkpoint file is);
+    delete it ..."). It keeps the first sentence of torch's own message, whole, on one line."""
+    ckpt = ResumePolicy(tmp_path).for_run(run_identity(tiny_task, "sgd", 0, 3))
+    ckpt.save({"epoch": 0})
+    data = ckpt.path.read_bytes()
+    ckpt.path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a ckpt" * 20,
+                           "empty": b""}[damage])
+    with pytest.raises(Exception) as torch_error:  # what torch itself says about the file
+        torch.load(ckpt.path, map_location="cpu", weights_only=True)
+    words = str(torch_error.value).split()
+    first = " ".join(words[:next((i + 1 for i, w in enumerate(words) if w.endswith(".")),
+                                 len(words))])
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load()
+    message = str(info.value)
+    reason = f"{type(torch_error.value).__name__}: {first}" if first else \
+        type(torch_error.value).__name__
+    assert "\n" not in message
+    assert message == f"cannot read checkpoint {ckpt.path} ({reason}); delete it to restart the " \
+        "run from epoch 0"
+    assert not first or first.endswith(".")
+
+
 @pytest.mark.parametrize("text, parsed", [("1", (1, None)), ("3", (3, None)),
                                           ("90s", (None, 90.0)), ("10m", (None, 600.0)),
                                           ("1h", (None, 3600.0)), ("off", (None, None))])

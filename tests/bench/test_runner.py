@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from polyak.bench import runner
+from polyak.bench import runner, train
+from polyak.bench.executors import local
 from polyak.bench.runner import plan_grid, run_grid
 from polyak.bench.store import Store
 from polyak.bench.train import train_run
@@ -74,21 +75,21 @@ def test_finished_runs_are_not_run_again(tiny_task, tmp_path):
 
 def test_a_failing_run_is_recorded_and_retried(tiny_task, tmp_path, monkeypatch):
     jobs = plan_grid([tiny_task], ["sgd", "sgdm"], seeds=1, epochs=1)
-    real = runner.train_run
+    real = train.train_run
 
     def flaky(task, spec, seed, epochs, **kwargs):
         if spec == "sgd":
             raise RuntimeError("simulated crash")
         return real(task, spec, seed, epochs, **kwargs)
 
-    monkeypatch.setattr(runner, "train_run", flaky)
+    monkeypatch.setattr(train, "train_run", flaky)
     with Store(tmp_path / "s.sqlite") as store:
         summary = run_grid(store, jobs, workers=1, show_progress=False)
         assert (summary.failed, summary.complete) == (1, 1)
         failed = [r for r in store.runs() if r["status"] == "failed"]
         assert [r["method"] for r in failed] == ["sgd"]
         assert "simulated crash" in failed[0]["error"]
-        monkeypatch.setattr(runner, "train_run", real)
+        monkeypatch.setattr(train, "train_run", real)
         retry = run_grid(store, jobs, workers=1, show_progress=False)
         assert (retry.complete, retry.skipped) == (1, 1)
         assert all(r["status"] == "complete" for r in store.runs())
@@ -97,16 +98,17 @@ def test_a_failing_run_is_recorded_and_retried(tiny_task, tmp_path, monkeypatch)
 KILLER = textwrap.dedent("""
     import os, pickle, signal, sys
     from polyak.bench import runner
+    from polyak.bench.executors import local
     from polyak.bench.store import Store
     task = pickle.loads(open(sys.argv[1], "rb").read())
     jobs = runner.plan_grid([task], ["sgd", "sgdm", "swa"], seeds=2, epochs=2)
-    real, calls = runner._work, []
+    real, calls = local.execute_job, []
     def work(job):
         calls.append(job)
         if len(calls) == 3:  # killed in the middle of the third run
             os.kill(os.getpid(), signal.SIGKILL)
         return real(job)
-    runner._work = work
+    local.execute_job = work
     runner.run_grid(Store(sys.argv[2]), jobs, workers=1, show_progress=False)
 """)
 
@@ -154,7 +156,7 @@ def test_pool_path_bounds_the_runs_in_flight(tiny_task, tmp_path, monkeypatch):
         return run_id
 
     monkeypatch.setattr(Store, "claim", claim)
-    monkeypatch.setattr(runner, "_new_pool", lambda workers: cf.ThreadPoolExecutor(1))
+    monkeypatch.setattr(local, "_new_pool", lambda workers: cf.ThreadPoolExecutor(1))
     with Store(tmp_path / "s.sqlite") as store:
         summary = run_grid(store, jobs, workers=2, show_progress=False)
         assert (summary.complete, summary.executed) == (3, 3)
@@ -180,7 +182,7 @@ def test_worker_processes_reproduce_the_inline_results(tiny_task, tmp_path):
 
 def test_interrupt_keeps_finished_runs(tiny_task, tmp_path, monkeypatch):
     jobs = plan_grid([tiny_task], ["sgd", "sgdm", "swa"], seeds=1, epochs=1)
-    real, calls = runner._work, []
+    real, calls = local.execute_job, []
 
     def work(job):
         calls.append(job)
@@ -188,7 +190,7 @@ def test_interrupt_keeps_finished_runs(tiny_task, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(runner, "_work", work)
+    monkeypatch.setattr(local, "execute_job", work)
     with Store(tmp_path / "s.sqlite") as store:
         summary = run_grid(store, jobs, workers=1, show_progress=False)
         assert summary.interrupted and summary.complete == 1

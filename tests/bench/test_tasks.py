@@ -76,3 +76,25 @@ def test_task_is_frozen():
     with pytest.raises(AttributeError):
         get_task("mnist1d-cnn").epochs = 3
     assert isinstance(get_task("mnist1d-mlp"), Task)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_description_is_that_of_the_budget_asked(name):
+    task = get_task(name)
+    assert task.describe() == task.describe(task.epochs) == dict(describe())[name]
+    default, short = task.describe(), task.describe(5)
+    assert "{" not in default + short  # every placeholder filled
+    assert f"{task.epochs} epochs" in default and "(default " not in default
+    assert f"5 epochs (default {task.epochs}" in short
+    assert f"{task.epochs} epochs (" not in short and f"{task.epochs} epochs of" not in short
+
+
+def test_cnn_description_scales_the_evaluations_and_the_run_time():
+    cnn = get_task("mnist1d-cnn")
+    assert "at 10 evenly spaced epochs; ~6 s/run on 1 CPU" in cnn.describe()
+    assert "at every epoch; ~0.75 s/run (scaled from ~6 s at 40 epochs)" in cnn.describe(5)
+    assert "1 epoch (default 40) of batch 128" in cnn.describe(1)
+    custom = cnn.replace(description="my {data} task, {epochs}", budget_note="why")
+    assert custom.describe(3) == "my {data} task, 3 epochs (default 40: why)"
+    with pytest.raises(ValueError, match="Invalid epochs"):
+        cnn.describe(0)

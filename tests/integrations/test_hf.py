@@ -167,7 +167,8 @@ def test_resume_from_hf_checkpoint_is_exact(tmp_path, spec, checkpoint):
 
 @pytest.mark.parametrize("spec, kwargs, message", [
     ("sam", {"gradient_accumulation_steps": 2}, "SAM with gradient_accumulation_steps > 1"),
-    ("pwa", {"num_train_epochs": EPOCHS + 1}, "phases sum to 4 epochs but num_train_epochs=5"),
+    ("pwa", {"num_train_epochs": EPOCHS + 1}, "built for 4 epochs but num_train_epochs=5"),
+    ("gadamx", {"num_train_epochs": EPOCHS + 1}, "built for 4 epochs but num_train_epochs=5"),
     ("sgdm", {"load_best_model_at_end": True, "save_strategy": "epoch"},
      "load_best_model_at_end is not supported"),
     ("sgdm", {"warmup_steps": 2}, "warm-up in TrainingArguments is not supported"),

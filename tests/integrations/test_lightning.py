@@ -128,6 +128,37 @@ def test_resume_from_lightning_checkpoint_is_exact(tmp_path, spec, epoch):
         assert torch.equal(a, b)
 
 
+def test_resume_from_a_mid_epoch_checkpoint_warns_once(tmp_path):
+    """Issue 21: Lightning restarts a plain DataLoader from its first batch, so a run resumed
+    from a checkpoint saved inside an epoch is not the uninterrupted run. Restoring a Method
+    from such a checkpoint warns once; an end-of-epoch checkpoint resumes silently."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    train, val, _ = loaders()
+
+    def run(seed, *callbacks, **fit_kwargs):
+        module = Module(seed)
+        method = polyak.recipe("pwa", module, EPOCHS, len(train))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer(PolyakCallback(method), *callbacks, enable_checkpointing=bool(callbacks),
+                    default_root_dir=tmp_path).fit(module, train, val, **fit_kwargs)
+        return [w for w in caught if "polyak" in str(w.message)]
+
+    steps = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=2,
+                            save_top_k=-1)
+    epochs = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
+    assert run(0, steps, epochs) == []
+    assert len(train) == 4  # step 6: 2 of the 4 batches of epoch 1
+    mid = run(1, ckpt_path=tmp_path / "step=6.ckpt")
+    assert [w.category for w in mid] == [UserWarning]
+    assert "2 batch(es) into epoch 1" in str(mid[0].message)
+    assert "end-of-epoch checkpoints" in str(mid[0].message)
+    assert run(1, ckpt_path=tmp_path / "epoch=1.ckpt") == []
+
+
 class ManualModule(Module):
     def __init__(self) -> None:
         super().__init__()
@@ -141,7 +172,9 @@ class OwnOptimizerModule(Module):
 
 @pytest.mark.parametrize("module_cls, spec, kwargs, message", [
     (Module, "sam", {"accumulate_grad_batches": 2}, "SAM with accumulate_grad_batches > 1"),
-    (Module, "pwa", {"max_epochs": EPOCHS + 1}, "phases sum to 4 epochs but Trainer(max_epochs=5)"),
+    (Module, "pwa", {"max_epochs": EPOCHS + 1}, "built for 4 epochs but Trainer(max_epochs=5)"),
+    (Module, "gadamx", {"max_epochs": EPOCHS - 1}, "built for 4 epochs but Trainer(max_epochs=3)"),
+    (Module, "sgdm", {"max_epochs": EPOCHS + 2}, "built for 4 epochs but Trainer(max_epochs=6)"),
     (ManualModule, "sgdm", {}, "manual optimization is not supported"),
     (OwnOptimizerModule, "sgdm", {}, "configure_optimizers must return method_optimizer(self)"),
     (Module, "sgdm", {"strategy": "ddp_spawn", "devices": 2},
@@ -190,6 +223,22 @@ def test_ddp_two_cpu_processes_keep_average_and_bn_consistent(tmp_path, spec):
     h = (x @ state["net.0.weight"].T + state["net.0.bias"]).double()
     assert torch.allclose(state["net.1.running_mean"].double(), h.mean(0), atol=1e-6)
     assert torch.allclose(state["net.1.running_var"].double(), h.var(0), atol=1e-5)
+
+
+def test_every_recipe_knows_its_budget_and_a_hand_built_method_has_none():
+    """Issue 21: PWA built for 6 epochs under Trainer(max_epochs=3) was refused, gadamx with
+    the same mismatch accepted (only PhaseWise carried its budget). One rule: a Method built
+    for E epochs runs under max_epochs=E; a Method built by hand without a budget any."""
+    train, val, _ = loaders()
+    for spec in polyak.recipes.PAPER_METHODS:
+        assert polyak.recipe(spec, Module(), 6, len(train)).epochs == 6, spec
+    module = Module()
+    hand = polyak.Method(module, torch.optim.SGD(module.parameters(), lr=0.1))
+    assert hand.epochs is None
+    trainer(PolyakCallback(hand), max_epochs=1).fit(module, train, val)
+    assert hand.steps == len(train)
+    with pytest.raises(ValueError, match="Invalid epochs: 0"):
+        polyak.Method(module, torch.optim.SGD(module.parameters(), lr=0.1), epochs=0)
 
 
 def test_method_accumulation_is_refused_in_favour_of_the_trainers():

@@ -67,6 +67,17 @@ def _conv_nlc_graph(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,
     return out.view(n, -1, out_ch)
 
 
+def _like(param: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` laid out with ``param``'s strides. Autograd keeps a returned gradient whose
+    strides differ only along size-1 dimensions as it is (the first convolution's ``C_in = 1``:
+    ``(5, 1, 1)`` for a ``(5, 5, 1)`` weight), and DDP copies each ``.grad`` into a bucket view
+    with the parameter's strides, warning "Grad strides do not match bucket view strides" when
+    they differ; the copy costs one pass over the (small) weight gradient."""
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param, memory_format=torch.preserve_format).copy_(grad)
+
+
 class _ConvNLC(torch.autograd.Function):
     """Conv1d of ``x`` ``(N, L, C)`` (contiguous) -> ``(N, L_out, C_out)`` (contiguous)."""
 
@@ -92,7 +103,8 @@ class _ConvNLC(torch.autograd.Function):
             with torch.enable_grad():
                 out = _conv_nlc_graph(x, weight, bias, stride, pad)
             grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
-            return (next(grads) if need_x else None, next(grads) if need_w else None,
+            return (next(grads) if need_x else None,
+                    _like(weight, next(grads)) if need_w else None,
                     next(grads) if need_b else None, None, None)
         n, length, c = x.shape
         out_ch, _, kernel = weight.shape
@@ -106,7 +118,7 @@ class _ConvNLC(torch.autograd.Function):
                 gxp[:, j:j + stride * (l_out - 1) + 1:stride] += gcols[:, :, j]
             grad_x = gxp[:, pad:pad + length]
         if need_w:
-            grad_w = (g2.t() @ ctx.cols).view(out_ch, kernel, c).permute(0, 2, 1)
+            grad_w = _like(weight, (g2.t() @ ctx.cols).view(out_ch, kernel, c).permute(0, 2, 1))
         if need_b:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b, None, None
