@@ -108,8 +108,12 @@ def test_polyak_list_shows_hyper_parameters_and_defaults_without_markup():
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert "``" not in out.stdout and ":class:" not in out.stdout
-    assert "defaults: lr=0.1, momentum=0.9, weight_decay=0.0005" in text  # sgdm
+    assert "defaults: lr=0.1, momentum=0.9, weight_decay=0.0005, schedule='step'" in text  # sgdm
     assert "switch_epoch=0.1 x epochs" in text
+    # the protocols' arms: recipe, the paper's settings, how the paper tuned them
+    cells = " ".join(out.stdout.replace("│", " ").split())
+    assert "adam@tso-alra" in cells and "Ida & Fujiwara (TSO-ALRA): adam with" in cells
+    assert "tuning: lr in {1e-1, ..., 1e-4} x beta1 in {0.9, 0.99}" in cells
 
 
 def test_polyak_list_json():
@@ -121,7 +125,10 @@ def test_polyak_list_json():
     assert by_name["sgdm"]["hyperparameters"]["lr"] == "0.1"
     assert by_name["gadam"]["tuning"]["shares"] == "adamw"
     assert by_name["tso-alra"]["tuning"]["grid"]["lr"] == ["0.1", "0.01", "0.001"]
-    assert {"optimizers", "tasks"} <= {r["kind"] for r in rows}
+    assert {"optimizers", "tasks", "protocol arms"} <= {r["kind"] for r in rows}
+    arms = {r["name"]: r for r in rows if r["kind"] == "protocol arms"}
+    assert arms["sgdm@gadam"]["settings"] == {"schedule": "'linear'"}
+    assert arms["swa"]["baseline"] == "sgdm@gadam" and arms["pwa"]["protocol"] == "pwa"
 
 
 def test_schedule_and_budget_are_hyper_parameters_of_every_recipe():
