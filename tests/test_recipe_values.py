@@ -108,10 +108,10 @@ def test_polyak_list_shows_hyper_parameters_and_defaults_without_markup():
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert "``" not in out.stdout and ":class:" not in out.stdout
-    assert "defaults: lr=0.1, momentum=0.9, weight_decay=0.0005, schedule='step'" in text  # sgdm
+    cells = " ".join(out.stdout.replace("│", " ").split())   # the table's cells, unwrapped
+    assert "defaults: lr=0.1, momentum=0.9, weight_decay=0.0005, schedule='step'" in cells  # sgdm
     assert "switch_epoch=0.1 x epochs" in text
     # the protocols' arms: recipe, the paper's settings, how the paper tuned them
-    cells = " ".join(out.stdout.replace("│", " ").split())
     assert "adam@tso-alra" in cells and "Ida & Fujiwara (TSO-ALRA): adam with" in cells
     assert "tuning: lr in {1e-1, ..., 1e-4} x beta1 in {0.9, 0.99}" in cells
 
