@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from polyak._step import check_loop_options
 from polyak.method import Method, SwitchOptimizer
 
 HALF_QUARTERS = (0.5, 0.25, 0.25)   # PWA 80/40/40 of 160, SWA/SAM, TSO-ALRA 81/122 of 164
@@ -330,10 +331,17 @@ def warmup_steps(warmup: Any, steps_per_epoch: int) -> int:
 
 
 def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any], epochs: int,
-          steps_per_epoch: int, name: str = "", param_groups: Any = None) -> Method:
+          steps_per_epoch: int, name: str = "", param_groups: Any = None,
+          loop: Mapping[str, Any] | None = None) -> Method:
     """Assemble the Method for ``base`` + ``averaging`` with (resolved) hyper-parameters ``hp``;
-    ``param_groups`` (see :mod:`polyak.param_groups`) splits the optimizer's parameters."""
+    ``param_groups`` (see :mod:`polyak.param_groups`) splits the optimizer's parameters;
+    ``loop``: the Method's loop options (clip, scaler, accumulate, nonfinite). The Method's
+    ``recipe`` is ``"<base>+<averaging>"`` (or the base alone): a state loads only into a
+    Method of the same."""
     spec = BASES[base]
+    check_loop_options(**(loop or {}))   # before the optimizer is built (K-FAC hooks the model)
+    method_kwargs = {**(loop or {}),
+                     "recipe": f"{base}+{averaging}" if averaging is not None else base}
     optimizer = spec.make(model, hp, epochs, steps_per_epoch)
     if param_groups is not None:
         from polyak.param_groups import split_groups
@@ -375,4 +383,4 @@ def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any]
         kwargs["schedule"] = None
         kwargs["averaging"] = Uniform(model, start_epoch=0)
         kwargs["averaging_trigger"] = Plateau(int(hp["patience"]), mode="max")
-    return Method(model, optimizer, **kwargs)
+    return Method(model, optimizer, **kwargs, **method_kwargs)

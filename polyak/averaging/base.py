@@ -371,9 +371,10 @@ class WeightAverage:
             "skipped": self.skipped,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; ValueError if it is from another class, another set of
-        hyper-parameters, or a model with other parameter shapes."""
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless :meth:`load_state_dict` would accept ``state``: another
+        class, another set of hyper-parameters, or a model with other parameter shapes. Changes
+        nothing (:class:`~polyak.method.Method` checks every piece before loading any)."""
         name = type(self).__name__
         if state.get("type") != name:
             raise ValueError(f"Invalid state_dict: it is from a {state.get('type')}, not a {name}")
@@ -389,8 +390,12 @@ class WeightAverage:
                 f"Invalid state_dict: it is from a different model ({len(got)} tensors "
                 f"{_brief(got)}; this average holds {len(want)} {_brief(want)})"
             )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checked first by :meth:`check_state_dict`)."""
+        self.check_state_dict(state)
         with torch.no_grad():
-            for a, s in zip(self.average, avg):
+            for a, s in zip(self.average, state["average"]):
                 a.copy_(s)
         for key in ("n_averaged", "collected", "steps", "epoch"):
             setattr(self, key, int(state[key]))
