@@ -257,7 +257,8 @@ class Method(Stepping):
     ) -> None:
         """Tell every piece that ``epoch`` (0-based, the next one) ended; then set the next
         epoch's learning rate. ``bn_loader``/``forward`` reach the averaging (PWA recalibrates
-        BatchNorm at a phase end). Raising leaves the Method as it was."""
+        BatchNorm at a phase end, and warns without a loader; ``KEEP_BN_STATS`` keeps the
+        statistics on purpose). Raising leaves the Method as it was."""
         self._check_epoch(epoch)
         self._check_metrics(val_loss, val_acc)
         if self._accumulation.count:          # a cycle cut short by the end of the epoch
@@ -342,7 +343,11 @@ class Method(Stepping):
         """The weights this method reports (e.g. the average, with recalibrated BatchNorm).
 
         Inside the block the model holds them; on exit the live weights, BatchNorm buffers and the
-        optimizer's training point are back, also when the block raises.
+        optimizer's training point are back, also when the block raises. When they are not the
+        live weights and the model has BatchNorm, pass ``bn_loader`` (training batches) to
+        recompute its statistics for them: without it a
+        :class:`~polyak.averaging.StaleBatchNormWarning` says they are the live weights' (once
+        per Method); ``bn_loader=polyak.averaging.KEEP_BN_STATS`` keeps them on purpose.
         """
         avg = self.averaging
         if avg is not None and getattr(avg, "reports_average", True) and avg.has_average:
@@ -350,7 +355,10 @@ class Method(Stepping):
                 yield self.model
         elif self._is_schedule_free():
             from polyak.averaging import recalibrate_bn, saved_bn_buffers
+            from polyak.averaging.bn import bn_loader_for
 
+            bn_loader = bn_loader_for(self, self.model, bn_loader, "Method.eval_weights() "
+                                      "put the schedule-free optimizer's evaluation point in")
             live = [p.detach().clone() for p in self.model.parameters()]
             self.optimizer.eval()
             try:

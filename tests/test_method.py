@@ -267,3 +267,41 @@ def test_a_hand_built_method_refuses_another_optimizer_class():
     with pytest.raises(ValueError, match="a state of Adam, this Method's optimizer is SGD"):
         sgd.load_state_dict(adam.state_dict())
     assert "betas" not in sgd.optimizer.param_groups[0]
+
+
+@pytest.mark.parametrize("how", ["average", "schedule-free"])
+def test_eval_weights_without_bn_loader_warns_once_per_method(how):
+    """Issue 21 defect 5: eval_weights() without bn_loader evaluated the average with the live
+    weights' BatchNorm statistics, silently."""
+    import warnings
+
+    import schedulefree
+
+    from polyak.averaging import KEEP_BN_STATS, StaleBatchNormWarning
+
+    data = batches()
+
+    def trained():
+        model = tiny_model(bn=True)
+        if how == "average":
+            method = Method(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                            averaging=Uniform(model, start_epoch=0), steps_per_epoch=len(data))
+        else:
+            method = Method(model, schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2),
+                            steps_per_epoch=len(data))
+        train(method, model, data, epochs=2)
+        return method
+
+    method = trained()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBatchNormWarning)
+        for loader in (data, KEEP_BN_STATS):          # a loader, or keep them on purpose
+            with method.eval_weights(bn_loader=loader):
+                pass
+    with pytest.warns(StaleBatchNormWarning, match="without bn_loader.*KEEP_BN_STATS"):
+        with method.eval_weights():
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBatchNormWarning)
+        with method.eval_weights():                   # once per Method
+            pass

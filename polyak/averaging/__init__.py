@@ -10,13 +10,20 @@ step, and is used through ``applied(model, bn_loader=...)`` (a context manager) 
 from __future__ import annotations
 
 from polyak.averaging.base import NonFiniteWeights, WeightAverage
-from polyak.averaging.bn import bn_modules, default_forward, recalibrate_bn, saved_bn_buffers
+from polyak.averaging.bn import (
+    KEEP_BN_STATS,
+    StaleBatchNormWarning,
+    bn_modules,
+    default_forward,
+    recalibrate_bn,
+    saved_bn_buffers,
+)
 from polyak.averaging.ema import EMA
 from polyak.averaging.phasewise import PhaseWise, phase_weights, reset_momentum
 from polyak.averaging.uniform import Uniform
 
 __all__ = [
-    "NonFiniteWeights",
+    "NonFiniteWeights", "KEEP_BN_STATS", "StaleBatchNormWarning",
     "EMA", "PhaseWise", "Uniform", "WeightAverage", "bn_modules", "default_forward",
     "phase_weights", "recalibrate_bn", "reset_momentum", "saved_bn_buffers",
 ]

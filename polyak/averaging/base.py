@@ -33,7 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polyak.averaging.bn import Forward, bn_modules, recalibrate_bn, saved_bn_buffers
+from polyak.averaging.bn import (
+    Forward,
+    bn_loader_for,
+    bn_modules,
+    recalibrate_bn,
+    saved_bn_buffers,
+)
 
 __all__ = ["WeightAverage", "NonFiniteWeights", "NONFINITE"]
 
@@ -340,8 +346,14 @@ class WeightAverage:
         """Inside the block ``model`` holds the averaged weights, and with ``bn_loader`` BatchNorm
         statistics recomputed for them (:func:`recalibrate_bn`). On exit, also when the block
         raises, the live weights and BatchNorm buffers are back bit for bit. While nothing has been
-        averaged the block sees the live weights (with recalibrated statistics if asked)."""
+        averaged the block sees the live weights (with recalibrated statistics if asked).
+        Without ``bn_loader`` on a model with BatchNorm the averaged weights would meet the live
+        weights' statistics: a :class:`~polyak.averaging.bn.StaleBatchNormWarning` says so
+        (once); ``bn_loader=KEEP_BN_STATS`` keeps them on purpose."""
         model = self.model if model is None else model
+        bn_loader = bn_loader_for(self, model, bn_loader,
+                                  f"{type(self).__name__}.applied() swapped the average in",
+                                  stale=self.has_average)
         params = self._params(model)
         with torch.no_grad():
             live = [p.detach().clone() for p in params]

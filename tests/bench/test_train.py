@@ -154,3 +154,16 @@ def test_run_identity_changes_when_a_recipe_default_changes(tiny_task, monkeypat
     # budget rules enter by their numbers, not their provenance text
     rule = json.loads(run_config(tiny_task, "tso-alra", 4))["recipe"]["hyperparameters"]
     assert rule["switch_epoch"]["rule"] == "OfBudget" and "source" not in rule["switch_epoch"]
+
+
+def test_bench_runs_never_warn_about_stale_batchnorm_or_kfac_coverage(tiny_task):
+    """Issue 21 defects 5 and 6: the bench passes its training batches as bn_loader (PWA's phase
+    ends, the reported averages, schedule-free's evaluation point) and its CNN is fully
+    preconditioned by TSO-ALRA (BatchNorm's scales and shifts get SGD by design): no warning."""
+    import warnings
+
+    for spec in ("pwa", "swa", "schedule-free-adamw", "tso-alra"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)   # StaleBatchNormWarning included
+            result = train_run(tiny_task, spec, seed=0, epochs=2)
+        assert result.status == "complete", (spec, result.error)
