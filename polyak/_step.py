@@ -7,10 +7,11 @@ dropped step. SAM's passes are SAM (Foret et al.) Algorithm 1 over the whole acc
 the clean gradient of every micro-batch, ``first_step`` (w + e), every micro-batch again at
 w + e (BatchNorm statistics frozen), ``second_step``. Private: the API is ``Method``'s.
 
-The loop options (``clip``, ``scaler``, ``accumulate``, ``nonfinite``, ``warmup_steps``) are
-properties: the constructor and a later assignment (``method.clip = ClipGradNorm(1.0)``) go
-through the same checks (:func:`check_loop_options`). ``clip`` takes a callable only: a bare
-number is refused, since it could mean a norm or a value bound. ``accumulate`` and ``scaler``
+The loop options (``clip``, ``scaler``, ``accumulate``, ``nonfinite``, ``warmup_steps``,
+``schedule``, ``steps_per_epoch``) are properties: the constructor and a later assignment
+(``method.clip = ClipGradNorm(1.0)``) go through the same checks (:func:`check_loop_options`).
+``clip`` takes a callable only: a bare number is refused, since it could mean a norm or a value
+bound. ``accumulate`` and ``scaler``
 cannot change while a cycle of micro-batches is in progress (its gradients were scaled for the
 old values).
 """
@@ -66,14 +67,28 @@ def _check_warmup_steps(warmup_steps: Any) -> None:
         raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} (allowed: an integer >= 0)")
 
 
+def _check_schedule(schedule: Any) -> None:
+    if schedule is not None and not callable(schedule):
+        raise ValueError(f"Invalid schedule: {schedule!r} (allowed: None or a function of the "
+                         "progress in epochs returning the lr factor)")
+
+
+def _check_steps_per_epoch(steps: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"Invalid steps_per_epoch: {steps!r} (allowed: an integer >= 1)")
+
+
 def check_loop_options(clip: Any = None, scaler: Any = None, accumulate: Any = 1,
-                       nonfinite: Any = "raise", warmup_steps: Any = 0) -> None:
+                       nonfinite: Any = "raise", warmup_steps: Any = 0, schedule: Any = None,
+                       steps_per_epoch: Any = 1) -> None:
     """The checks of the Method's loop options, also run on every later assignment."""
     _check_clip(clip)
     _check_scaler(scaler)
     Accumulation(accumulate)
     _check_nonfinite(nonfinite)
     _check_warmup_steps(warmup_steps)
+    _check_schedule(schedule)
+    _check_steps_per_epoch(steps_per_epoch)
 
 
 class Stepping:
@@ -138,6 +153,27 @@ class Stepping:
     def warmup_steps(self, warmup_steps: int) -> None:
         _check_warmup_steps(warmup_steps)
         self._warmup_steps = warmup_steps
+
+    @property
+    def schedule(self) -> Any:
+        """The lr factor as a function of the progress in epochs (``None``: the lr is left to
+        whatever else sets it, e.g. a torch LR scheduler)."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule: Any) -> None:
+        _check_schedule(schedule)
+        self._schedule = schedule
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the progress a per-step schedule reads)."""
+        return self._steps_per_epoch
+
+    @steps_per_epoch.setter
+    def steps_per_epoch(self, steps: int) -> None:
+        _check_steps_per_epoch(steps)
+        self._steps_per_epoch = steps
 
     def _refuse_mid_cycle(self, name: str, value: Any) -> None:
         acc = getattr(self, "_accumulation", None)

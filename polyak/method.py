@@ -155,10 +155,8 @@ class Method(Stepping):
         accumulate: int = 1, warmup_steps: int = 0, nonfinite: str = "raise",
         recipe: str | None = None,
     ) -> None:
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) \
-                or steps_per_epoch < 1:
-            raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (an integer >= 1)")
-        check_loop_options(clip, scaler, accumulate, nonfinite, warmup_steps)
+        check_loop_options(clip, scaler, accumulate, nonfinite, warmup_steps, schedule,
+                           steps_per_epoch)
         for trigger, who in ((averaging_trigger, "averaging_trigger"),
                              (stop_trigger, "stop_trigger")):
             _check_trigger(trigger, who)

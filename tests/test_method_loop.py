@@ -446,7 +446,9 @@ def test_loop_options_assigned_later_are_checked_like_the_constructor():
                              ("nonfinite", "bogus", "Invalid nonfinite: 'bogus'"),
                              ("accumulate", 0, "Invalid accumulate: 0"),
                              ("scaler", object(), "Invalid scaler"),
-                             ("warmup_steps", -1, "Invalid warmup_steps: -1")):
+                             ("warmup_steps", -1, "Invalid warmup_steps: -1"),
+                             ("schedule", 0.5, "Invalid schedule: 0.5"),
+                             ("steps_per_epoch", 0, "Invalid steps_per_epoch: 0")):
         before = getattr(method, name)
         with pytest.raises(ValueError, match=match):   # the constructor says the same
             Method(model, sgd(model), **{name: bad})
