@@ -49,6 +49,7 @@ from polyak._budget import (  # noqa: F401  (re-exported: the rules recipes are 
     phase_lengths,
     schedule_rule,
 )
+from polyak._step import check_loop_options
 from polyak.method import Method, SwitchOptimizer
 
 HALF_QUARTERS = (0.5, 0.25, 0.25)   # PWA 80/40/40 of 160, SWA/SAM, TSO-ALRA 81/122 of 164
@@ -297,11 +298,18 @@ def _phases_of(rule: Any, epochs: int, who: str) -> list[int]:
 
 
 def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any], epochs: int,
-          steps_per_epoch: int, name: str = "", param_groups: Any = None) -> Method:
+          steps_per_epoch: int, name: str = "", param_groups: Any = None,
+          loop: Mapping[str, Any] | None = None) -> Method:
     """Assemble the Method for ``base`` + ``averaging`` with (resolved) hyper-parameters ``hp``;
-    ``param_groups`` (see :mod:`polyak.param_groups`) splits the optimizer's parameters."""
+    ``param_groups`` (see :mod:`polyak.param_groups`) splits the optimizer's parameters;
+    ``loop``: the Method's loop options (clip, scaler, accumulate, nonfinite). The Method's
+    ``recipe`` is ``"<base>+<averaging>"`` (or the base alone): a state loads only into a
+    Method of the same."""
     from polyak.triggers import AtEpoch, Plateau
 
+    check_loop_options(**(loop or {}))   # before the optimizer is built (K-FAC hooks the model)
+    method_kwargs = {**(loop or {}),
+                     "recipe": f"{base}+{averaging}" if averaging is not None else base}
     run = _budget_epochs(hp.get("budget", 1.0), epochs)
     rule = schedule_rule(hp["schedule"])
     optimizer = BASES[base].make(model, hp, run, steps_per_epoch)
@@ -346,4 +354,4 @@ def build(model: nn.Module, base: str, averaging: str | None, hp: dict[str, Any]
         kwargs["averaging"] = Uniform(model, start_epoch=0)
         kwargs["averaging_trigger"] = Plateau(int(hp["patience"]), mode="max")
         kwargs["stop_trigger"] = Plateau(int(hp["patience"]), mode="max")
-    return Method(model, optimizer, **kwargs)
+    return Method(model, optimizer, **kwargs, **method_kwargs)

@@ -6,6 +6,14 @@ cycle cut short, ``clip``, the finiteness check (with the loss), then ``optimize
 dropped step. SAM's passes are SAM (Foret et al.) Algorithm 1 over the whole accumulated batch:
 the clean gradient of every micro-batch, ``first_step`` (w + e), every micro-batch again at
 w + e (BatchNorm statistics frozen), ``second_step``. Private: the API is ``Method``'s.
+
+The loop options (``clip``, ``scaler``, ``accumulate``, ``nonfinite``, ``warmup_steps``,
+``schedule``, ``steps_per_epoch``) are properties: the constructor and a later assignment
+(``method.clip = ClipGradNorm(1.0)``) go through the same checks (:func:`check_loop_options`).
+``clip`` takes a callable only: a bare number is refused, since it could mean a norm or a value
+bound. ``accumulate`` and ``scaler``
+cannot change while a cycle of micro-batches is in progress (its gradients were scaled for the
+old values).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polyak.loop import grads_finite, params_with_grad
+from polyak.loop import Accumulation, grads_finite, params_with_grad
 
 _SAM_CLOSURE = ("{name} needs a closure: SAM takes the gradient at w and again at w + e, so it "
                 "must evaluate the loss twice; call method.step(lambda: loss_fn(model(x), y)) "
@@ -31,17 +39,149 @@ class NonFiniteError(FloatingPointError):
     """A step met a non-finite loss or gradient under ``nonfinite="raise"``."""
 
 
+def _check_clip(clip: Any) -> None:
+    if clip is None or callable(clip):
+        return
+    hint = ""
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+        hint = (f"; for a gradient norm of at most {clip!r} write ClipGradNorm({clip!r}), for "
+                f"entries in [-{clip!r}, {clip!r}] ClipGradValue({clip!r})")
+    raise ValueError(f"Invalid clip: {clip!r} (allowed: None, polyak.loop.ClipGradNorm(...), "
+                     f"ClipGradValue(...) or a callable(parameters) -> norm or None{hint})")
+
+
+def _check_scaler(scaler: Any) -> None:
+    if scaler is not None and not all(hasattr(scaler, a) for a in ("scale", "unscale_",
+                                                                   "update")):
+        raise ValueError(f"Invalid scaler: {scaler!r} (allowed: None or a "
+                         "torch.amp.GradScaler)")
+
+
+def _check_nonfinite(nonfinite: Any) -> None:
+    if not isinstance(nonfinite, str) or nonfinite not in ("raise", "skip"):
+        raise ValueError(f"Invalid nonfinite: {nonfinite!r} (allowed: 'raise', 'skip')")
+
+
+def _check_warmup_steps(warmup_steps: Any) -> None:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} (allowed: an integer >= 0)")
+
+
+def _check_schedule(schedule: Any) -> None:
+    if schedule is not None and not callable(schedule):
+        raise ValueError(f"Invalid schedule: {schedule!r} (allowed: None or a function of the "
+                         "progress in epochs returning the lr factor)")
+
+
+def _check_steps_per_epoch(steps: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"Invalid steps_per_epoch: {steps!r} (allowed: an integer >= 1)")
+
+
+def check_loop_options(clip: Any = None, scaler: Any = None, accumulate: Any = 1,
+                       nonfinite: Any = "raise", warmup_steps: Any = 0, schedule: Any = None,
+                       steps_per_epoch: Any = 1) -> None:
+    """The checks of the Method's loop options, also run on every later assignment."""
+    _check_clip(clip)
+    _check_scaler(scaler)
+    Accumulation(accumulate)
+    _check_nonfinite(nonfinite)
+    _check_warmup_steps(warmup_steps)
+    _check_schedule(schedule)
+    _check_steps_per_epoch(steps_per_epoch)
+
+
 class Stepping:
-    """The step half of :class:`~polyak.method.Method` (a mixin: it uses Method's attributes)."""
+    """The step half of :class:`~polyak.method.Method` (a mixin: it uses Method's attributes)
+    with its validated loop options."""
 
     optimizer: Any
     model: nn.Module
-    scaler: Any
-    clip: Any
-    nonfinite: str
     steps: int
     epochs_done: int
     observers: list[Any]
+    _accumulation: Accumulation
+
+    # ------------------------------------------------------------------ loop options
+    @property
+    def clip(self) -> Any:
+        """Gradient clipping applied to the gradient each pass steps with (``None``: none)."""
+        return self._clip
+
+    @clip.setter
+    def clip(self, clip: Any) -> None:
+        _check_clip(clip)
+        self._clip = clip
+
+    @property
+    def scaler(self) -> Any:
+        """The ``torch.amp.GradScaler`` scaling the loss (``None``: none)."""
+        return self._scaler
+
+    @scaler.setter
+    def scaler(self, scaler: Any) -> None:
+        _check_scaler(scaler)
+        self._refuse_mid_cycle("scaler", scaler)
+        self._scaler = scaler
+
+    @property
+    def accumulate(self) -> int:
+        """Micro-batches (calls of :meth:`step`) per optimizer step."""
+        return self._accumulation.n
+
+    @accumulate.setter
+    def accumulate(self, accumulate: int) -> None:
+        fresh = Accumulation(accumulate)
+        self._refuse_mid_cycle("accumulate", accumulate)
+        self._accumulation = fresh
+
+    @property
+    def nonfinite(self) -> str:
+        """``"raise"`` or ``"skip"``: what a non-finite loss or gradient does to its step."""
+        return self._nonfinite_policy
+
+    @nonfinite.setter
+    def nonfinite(self, nonfinite: str) -> None:
+        _check_nonfinite(nonfinite)
+        self._nonfinite_policy = nonfinite
+
+    @property
+    def warmup_steps(self) -> int:
+        """Optimizer steps of linear learning-rate warm-up (0: none)."""
+        return self._warmup_steps
+
+    @warmup_steps.setter
+    def warmup_steps(self, warmup_steps: int) -> None:
+        _check_warmup_steps(warmup_steps)
+        self._warmup_steps = warmup_steps
+
+    @property
+    def schedule(self) -> Any:
+        """The lr factor as a function of the progress in epochs (``None``: the lr is left to
+        whatever else sets it, e.g. a torch LR scheduler)."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule: Any) -> None:
+        _check_schedule(schedule)
+        self._schedule = schedule
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the progress a per-step schedule reads)."""
+        return self._steps_per_epoch
+
+    @steps_per_epoch.setter
+    def steps_per_epoch(self, steps: int) -> None:
+        _check_steps_per_epoch(steps)
+        self._steps_per_epoch = steps
+
+    def _refuse_mid_cycle(self, name: str, value: Any) -> None:
+        acc = getattr(self, "_accumulation", None)
+        if acc is not None and acc.count:
+            raise ValueError(f"Invalid {name} change to {value!r}: a cycle of {acc.count} of "
+                             f"{acc.n} micro-batches is in progress (its gradients are scaled "
+                             "for the current value); change it between optimizer steps")
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One micro-batch: ``closure()`` returns its loss (no backward), or, without a closure,

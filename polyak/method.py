@@ -45,7 +45,15 @@ The pieces are independent and any combination works:
   ``scaler`` (a ``torch.amp.GradScaler``), ``accumulate`` (micro-batches per optimizer step) and
   ``nonfinite`` (``"raise"``: a non-finite loss or gradient is an error at that step;
   ``"skip"``: the step is dropped and counted in :attr:`Method.skipped_steps`). A dropped step
-  (also a GradScaler overflow) updates no weight, average, trigger or step counter.
+  (also a GradScaler overflow) updates no weight, average, trigger or step counter. Every recipe
+  takes them too (``polyak.recipe("pwa", model, 4, 10, accumulate=2)``), and assigning one later
+  (``method.clip = ClipGradNorm(1.0)``, ``method.accumulate = 2``) runs the constructor's
+  checks: ``clip`` is a callable (a bare number is refused: it could bound the norm or the
+  entries), ``accumulate`` and ``scaler`` change only between optimizer steps.
+
+A Method built by a recipe knows it (:attr:`Method.recipe`, ``"<base>+<averaging>"``; its spec
+is :attr:`Method.name`): :meth:`Method.load_state_dict` refuses a state of another recipe, and
+checks every piece before it changes any (a refused state leaves the Method as it was).
 
 Triggers are fed the validation accuracy when their ``mode`` is ``"max"`` and the validation loss
 when it is ``"min"``: pass those of the weights :meth:`Method.eval_weights` reports (the live
@@ -63,8 +71,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polyak._step import NonFiniteError, Stepping
-from polyak.loop import Accumulation, ClipGradNorm, ClipGradValue
+from polyak import _method_state
+from polyak._step import NonFiniteError, Stepping, check_loop_options
+from polyak.loop import ClipGradNorm, ClipGradValue
 
 __all__ = ["Method", "SwitchOptimizer", "NonFiniteError", "ClipGradNorm", "ClipGradValue"]
 
@@ -153,7 +162,9 @@ class Method(Stepping):
     Counters: :attr:`steps` (optimizer steps taken), :attr:`skipped_steps` (steps dropped for a
     non-finite value or a GradScaler overflow), :attr:`epochs_done`; :attr:`last_step_skipped`
     and :attr:`last_grad_norm` (the norm :class:`~polyak.loop.ClipGradNorm` measured, before
-    clipping) describe the last optimizer step.
+    clipping) describe the last optimizer step. :attr:`recipe`: the base optimizer and
+    averaging of the recipe that built it (``None`` for a hand-built Method); :attr:`name`: its
+    spec, for display.
     """
 
     def __init__(
@@ -163,33 +174,24 @@ class Method(Stepping):
         switches: Iterable[SwitchOptimizer] = (), stop_trigger: Any = None, name: str = "",
         clip: Callable[[list[Tensor]], Tensor | None] | None = None, scaler: Any = None,
         accumulate: int = 1, warmup_steps: int = 0, nonfinite: str = "raise",
-        observers: Iterable[Any] = (),
-        epochs: int | None = None,
+        observers: Iterable[Any] = (), epochs: int | None = None, recipe: str | None = None,
     ) -> None:
+        check_loop_options(clip, scaler, accumulate, nonfinite, warmup_steps, schedule,
+                           steps_per_epoch)
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
                                    or epochs < 1):
             raise ValueError(f"Invalid epochs: {epochs!r} (allowed: None or an integer >= 1)")
-        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (an integer >= 1)")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} (an integer >= 0)")
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"Invalid nonfinite: {nonfinite!r} (allowed: 'raise', 'skip')")
-        if clip is not None and not callable(clip):
-            raise ValueError(f"Invalid clip: {clip!r} (ClipGradNorm(...), ClipGradValue(...) or "
-                             "a callable(parameters))")
-        if scaler is not None and not all(hasattr(scaler, a) for a in ("scale", "unscale_",
-                                                                       "update")):
-            raise ValueError(f"Invalid scaler: {scaler!r} (a torch.amp.GradScaler)")
         for trigger, who in ((averaging_trigger, "averaging_trigger"),
                              (stop_trigger, "stop_trigger")):
             _check_trigger(trigger, who)
-        self.model, self.optimizer, self.name = model, optimizer, name
+        if recipe is not None and not isinstance(recipe, str):
+            raise ValueError(f"Invalid recipe: {recipe!r} (a string such as 'sgdm+phasewise')")
+        self.model, self.optimizer, self.name, self.recipe = model, optimizer, name, recipe
         self.epochs = epochs      # the budget it was built for (recipes set it), or None
         self.schedule, self.per_step, self.steps_per_epoch = schedule, per_step, steps_per_epoch
         self.averaging, self.averaging_trigger = averaging, averaging_trigger
         self.switches, self.stop_trigger = list(switches), stop_trigger
-        self.clip, self.scaler, self.nonfinite = clip, scaler, nonfinite
+        self.clip, self.scaler, self.nonfinite = clip, scaler, nonfinite   # validated setters
         self.warmup_steps = warmup_steps
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.steps = 0            # optimizer steps taken
@@ -199,7 +201,7 @@ class Method(Stepping):
         self.should_stop = False
         self.last_step_skipped = False
         self.last_grad_norm: float | None = None
-        self._accumulation = Accumulation(accumulate)
+        self.accumulate = accumulate
         self._closures: list[Callable[[], Tensor]] = []   # SAM: the cycle's micro-batches
         self._cycle_loss: Tensor | None = None            # sum of the cycle's losses
         self._applied_lrs: list[float] | None = None
@@ -212,11 +214,6 @@ class Method(Stepping):
         self._carry_average()
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def accumulate(self) -> int:
-        """Micro-batches (calls of :meth:`step`) per optimizer step."""
-        return self._accumulation.n
-
     def _is_sam(self) -> bool:
         return hasattr(self.optimizer, "first_step") and hasattr(self.optimizer, "second_step")
 
@@ -297,7 +294,8 @@ class Method(Stepping):
     ) -> None:
         """Tell every piece that ``epoch`` (0-based, the next one) ended; then set the next
         epoch's learning rate. ``bn_loader``/``forward`` reach the averaging (PWA recalibrates
-        BatchNorm at a phase end). Raising leaves the Method as it was."""
+        BatchNorm at a phase end, and warns without a loader; ``KEEP_BN_STATS`` keeps the
+        statistics on purpose). Raising leaves the Method as it was."""
         self._check_epoch(epoch)
         self._check_metrics(val_loss, val_acc)
         if self._accumulation.count:          # a cycle cut short by the end of the epoch
@@ -389,7 +387,11 @@ class Method(Stepping):
         """The weights this method reports (e.g. the average, with recalibrated BatchNorm).
 
         Inside the block the model holds them; on exit the live weights, BatchNorm buffers and the
-        optimizer's training point are back, also when the block raises.
+        optimizer's training point are back, also when the block raises. When they are not the
+        live weights and the model has BatchNorm, pass ``bn_loader`` (training batches) to
+        recompute its statistics for them: without it a
+        :class:`~polyak.averaging.StaleBatchNormWarning` says they are the live weights' (once
+        per Method); ``bn_loader=polyak.averaging.KEEP_BN_STATS`` keeps them on purpose.
         """
         avg = self.averaging
         if avg is not None and getattr(avg, "reports_average", True) and avg.has_average:
@@ -397,7 +399,10 @@ class Method(Stepping):
                 yield self.model
         elif self._has_eval_point():
             from polyak.averaging import recalibrate_bn, saved_bn_buffers
+            from polyak.averaging.bn import bn_loader_for
 
+            bn_loader = bn_loader_for(self, self.model, bn_loader, "Method.eval_weights() "
+                                      "put the schedule-free optimizer's evaluation point in")
             live = [p.detach().clone() for p in self.model.parameters()]
             self.optimizer.eval()
             try:
@@ -414,47 +419,19 @@ class Method(Stepping):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        def sd(obj: Any) -> Any:
-            return obj.state_dict() if obj is not None else None
-        return {
-            "optimizer": self.optimizer.state_dict(), "base_lrs": list(self.base_lrs),
-            "steps": self.steps, "epochs_done": self.epochs_done,
-            "skipped_steps": self.skipped_steps, "scaler": sd(self.scaler),
-            "averaging_started": self.averaging_started, "should_stop": self.should_stop,
-            "averaging": sd(self.averaging), "averaging_trigger": sd(self.averaging_trigger),
-            "stop_trigger": sd(self.stop_trigger),
-            "switches": [s.state_dict() for s in self.switches],
-            "observers": [o.state_dict() for o in self.observers],
-        }
+        """Optimizer, averaging, triggers, switches, observers, scaler and counters, with the
+        recipe the Method was built from (:attr:`recipe`, :attr:`name`) and its optimizer's
+        class."""
+        return _method_state.state_of(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`. Its shape is checked before anything is loaded; a
-        cycle of gradient accumulation in progress is dropped (save at epoch ends)."""
-        if len(state["switches"]) != len(self.switches):
-            raise ValueError("state_dict is from a Method with a different number of switches")
-        if len(state.get("observers", [])) != len(self.observers):
-            raise ValueError(f"state_dict holds {len(state.get('observers', []))} observers' "
-                             f"states, this Method has {len(self.observers)} observers")
-        for name in ("averaging", "averaging_trigger", "stop_trigger"):
-            if (getattr(self, name) is None) != (state[name] is None):
-                raise ValueError(f"state_dict {name} does not match this Method's")
-        for switch, sw_state in zip(self.switches, state["switches"]):
-            switch.load_state_dict(sw_state)
-            if sw_state["done_epoch"] is not None:
-                self.optimizer = switch.to(self.optimizer)
-        self.optimizer.load_state_dict(state["optimizer"])
-        for name in ("averaging", "averaging_trigger", "stop_trigger"):
-            obj = getattr(self, name)
-            if obj is not None:
-                obj.load_state_dict(state[name])
-        for observer, obs_state in zip(self.observers, state.get("observers", [])):
-            observer.load_state_dict(obs_state)
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.base_lrs = list(state["base_lrs"])
-        self.steps, self.epochs_done = state["steps"], state["epochs_done"]
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.averaging_started, self.should_stop = state["averaging_started"], state["should_stop"]
+        """Restore :meth:`state_dict`: all of it or, when it raises, none of it. Everything is
+        checked before anything changes: a state of another recipe (another base optimizer or
+        averaging than :attr:`recipe`; other hyper-parameters load, and come with the state),
+        of another optimizer class, of other averages/triggers/switches/observers, of averages
+        of another budget or model. A cycle of gradient accumulation in progress is dropped
+        (save at epoch ends)."""
+        _method_state.load_into(self, state)
         self._accumulation.reset()
         self._closures, self._cycle_loss = [], None
         self._applied_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]

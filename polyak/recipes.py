@@ -35,11 +35,18 @@ from typing import Any
 from torch import nn
 
 from polyak import _recipe_parts as parts
+from polyak._hyperparameters import check_hyperparameters
 from polyak._recipe_parts import OfBudget
 from polyak.method import Method
 
 __all__ = ["Recipe", "Tuning", "recipe", "names", "available", "describe", "parse",
-           "hyperparameters", "UnknownRecipe", "PAPER_METHODS", "BASELINES", "AVERAGINGS"]
+           "hyperparameters", "UnknownRecipe", "PAPER_METHODS", "BASELINES", "AVERAGINGS",
+           "LOOP_OPTIONS"]
+
+#: options of the training loop every recipe takes as keywords (not hyper-parameters: they are
+#: not part of a spec, not tuned, and a run's identity does not include them); see
+#: :class:`polyak.method.Method`.
+LOOP_OPTIONS = ("clip", "scaler", "accumulate", "nonfinite")
 
 
 class UnknownRecipe(ValueError):
@@ -97,11 +104,18 @@ class Recipe:
     tuning: Tuning = field(default_factory=Tuning)
 
     def with_overrides(self, **overrides: Any) -> Recipe:
-        """A copy with ``overrides`` merged in (validated: unknown keys raise ``UnknownRecipe``)."""
+        """A copy with ``overrides`` merged in. Validated: unknown keys raise ``UnknownRecipe``,
+        a value out of its range (NaN and infinities included) ``ValueError`` naming it and what
+        is allowed (budget rules are checked once resolved, in :meth:`build`)."""
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
+            loop = sorted(set(unknown) & set(LOOP_OPTIONS))
+            hint = (f" ({', '.join(loop)}: a loop option, not a hyper-parameter; pass it to "
+                    "polyak.recipe(...) or Recipe.build(...))") if loop else ""
             raise UnknownRecipe(f"Unknown hyper-parameter(s) {', '.join(unknown)} for "
-                                f"{self.name!r}; valid: {', '.join(sorted(self.defaults))}")
+                                f"{self.name!r}{hint}; valid: {', '.join(sorted(self.defaults))}")
+        check_hyperparameters({k: v for k, v in overrides.items()
+                               if not isinstance(v, parts.Rule)})
         return replace(self, overrides={**self.overrides, **overrides})
 
     def hyperparameters(self, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
@@ -122,9 +136,18 @@ class Recipe:
         return parts.check_available(self.base, self.averaging)
 
     def build(self, model: nn.Module, epochs: int, steps_per_epoch: int, *,
-              param_groups: Any = None) -> Method:
+              param_groups: Any = None, **loop: Any) -> Method:
         """The :class:`~polyak.method.Method` of this recipe for a training budget;
-        ``param_groups`` as :func:`polyak.param_groups.param_groups` makes them."""
+        ``param_groups`` as :func:`polyak.param_groups.param_groups` makes them; ``loop``: the
+        loop options of :data:`LOOP_OPTIONS` (``clip``, ``scaler``, ``accumulate``,
+        ``nonfinite``), passed to the Method as they are (``steps_per_epoch`` counts optimizer
+        steps, i.e. micro-batches / ``accumulate``). Every hyper-parameter is checked for
+        its range once resolved for the budget."""
+        bad = sorted(set(loop) - set(LOOP_OPTIONS))
+        if bad:
+            raise UnknownRecipe(f"Unknown loop option(s) {', '.join(bad)}; valid: "
+                                f"{', '.join(LOOP_OPTIONS)} (hyper-parameters go to "
+                                "with_overrides)")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"Invalid epochs: {epochs!r} (an integer >= 1)")
         if (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
@@ -134,8 +157,9 @@ class Recipe:
         if not ok:
             raise UnknownRecipe(f"Recipe {self.name!r} is unavailable: {why}")
         hp = self.hyperparameters(epochs, steps_per_epoch)
+        check_hyperparameters(hp)
         return parts.build(model, self.base, self.averaging, hp, epochs, steps_per_epoch,
-                           name=self.spec, param_groups=param_groups)
+                           name=self.spec, param_groups=param_groups, loop=loop)
 
     def __iter__(self) -> Iterator[Any]:
         """``base, averaging, overrides = parse(spec)`` (the tuple the former API returned)."""
@@ -336,15 +360,24 @@ def hyperparameters(spec: str | Recipe, epochs: int,
 
 
 def recipe(spec: str | Recipe, model: nn.Module, epochs: int, steps_per_epoch: int, *,
-           param_groups: Any = None, **overrides: Any) -> Method:
+           param_groups: Any = None, clip: Any = None, scaler: Any = None,
+           accumulate: int = 1, nonfinite: str = "raise", **overrides: Any) -> Method:
     """Build the :class:`~polyak.method.Method` a recipe spec names, for a training budget.
 
     ``overrides`` are merged into the parsed recipe as they are (never turned into text), e.g.
     ``warmup=2`` (epochs of linear lr warm-up, every recipe has it). ``param_groups``: groups of
     the model's parameters with their own settings (``weight_decay``, ``lr_scale``; frozen
-    parameters left out), e.g. from :func:`polyak.param_groups.param_groups`."""
+    parameters left out), e.g. from :func:`polyak.param_groups.param_groups`.
+
+    The loop options, the same for every recipe and validated as :class:`~polyak.method.Method`
+    validates them (also when assigned later, ``method.clip = ...``): ``clip``
+    (:class:`~polyak.loop.ClipGradNorm` / :class:`~polyak.loop.ClipGradValue`; a bare number is
+    refused, say which), ``scaler`` (a ``torch.amp.GradScaler``), ``accumulate`` (micro-batches
+    per optimizer step: ``steps_per_epoch`` counts optimizer steps) and ``nonfinite``
+    (``"raise"`` or ``"skip"``)."""
+    loop = {"clip": clip, "scaler": scaler, "accumulate": accumulate, "nonfinite": nonfinite}
     return parse(spec).with_overrides(**overrides).build(model, epochs, steps_per_epoch,
-                                                         param_groups=param_groups)
+                                                         param_groups=param_groups, **loop)
 
 
 def available(spec: str | Recipe) -> tuple[bool, str]:

@@ -85,13 +85,21 @@ class Plateau:
                 "fired", "fired_epoch", "last_epoch")
         return {k: getattr(self, k) for k in keys}
 
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless :meth:`load_state_dict` would accept ``state``; changes
+        nothing (:class:`~polyak.method.Method` checks every piece before loading any)."""
+        if not isinstance(state, dict) or state.get("mode") != self.mode \
+                or state.get("patience") != self.patience:
+            got = state if not isinstance(state, dict) else \
+                f"patience={state.get('patience')}, mode={state.get('mode')!r}"
+            raise ValueError(f"Plateau state is for {got}; "
+                             f"this trigger has patience={self.patience}, mode={self.mode!r}")
+        unknown = sorted(set(state) - set(self.state_dict()))
+        if unknown:
+            raise ValueError(f"Plateau state has unknown entries {unknown}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("mode") != self.mode or state.get("patience") != self.patience:
-            raise ValueError(
-                f"Plateau state is for patience={state.get('patience')}, "
-                f"mode={state.get('mode')!r}; "
-                f"this trigger has patience={self.patience}, mode={self.mode!r}"
-            )
+        self.check_state_dict(state)
         for k, v in state.items():
             setattr(self, k, v)
 

@@ -188,3 +188,120 @@ def test_schedule_free_optimizer_is_evaluated_at_its_eval_point():
             torch.testing.assert_close(p, q)
     for p, q in zip(model.parameters(), live):
         assert torch.equal(p, q)
+
+
+def snapshot(method):
+    """A deep copy of everything the Method holds (tensors cloned)."""
+    return copy.deepcopy(method.state_dict())
+
+
+def assert_same_state(a, b):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_state(x, y)
+    else:
+        assert a == b
+
+
+def recipe_run(spec, epochs, model, data, trained_epochs=1, **kw):
+    import polyak
+
+    method = polyak.recipe(spec, model, epochs, len(data), **kw)
+    train(method, model, data, epochs=trained_epochs)
+    return method
+
+
+def test_a_refused_load_changes_nothing():
+    """Issue 21 defect 3: a PWA state built for 8 epochs loaded into one built for 4 raised only
+    after the optimizer's momentum buffers were overwritten. Now the Method is left exactly as
+    it was: it continues like a twin that never saw the load."""
+    data = batches()
+    model8, model4, twin = tiny_model(seed=3), tiny_model(), tiny_model()
+    eight = recipe_run("pwa", 8, model8, data, trained_epochs=2)
+    four, reference = (recipe_run("pwa", 4, m, data) for m in (model4, twin))
+    before = snapshot(four)
+    with pytest.raises(ValueError, match="phases"):
+        four.load_state_dict(eight.state_dict())
+    assert_same_state(four.state_dict(), before)
+    train(four, model4, data, epochs=3, start=1)
+    train(reference, twin, data, epochs=3, start=1)
+    for p, q in zip(model4.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_state_of_another_recipe_is_refused_naming_both():
+    """Issue 21 defect 4: a tso-alra state loaded into an sgdm Method (lr 0.01, momentum 0) and
+    an adamw state left SGD with momentum=None and betas. The same base and averaging is the same
+    recipe: other hyper-parameters load (and come with the state)."""
+    data = batches()
+    sgdm = recipe_run("sgdm", 4, tiny_model(), data)
+    for other in ("tso-alra", "adamw", "swa"):
+        foreign = recipe_run(other, 4, tiny_model(), data)
+        target = recipe_run("sgdm", 4, tiny_model(), data)
+        before = snapshot(target)
+        with pytest.raises(ValueError, match=f"from recipe '{other}'.*this Method is 'sgdm'"):
+            target.load_state_dict(foreign.state_dict())
+        assert_same_state(target.state_dict(), before)
+        assert "betas" not in target.optimizer.param_groups[0]
+    faster = recipe_run("sgdm:lr=0.05", 4, tiny_model(), data)
+    sgdm.load_state_dict(faster.state_dict())            # an override: the same recipe
+    assert sgdm.lr == pytest.approx(0.05) and sgdm.base_lrs == [0.05]
+    pwa = recipe_run("pwa", 4, tiny_model(), data)
+    recipe_run("sgdm+phasewise", 4, tiny_model(), data).load_state_dict(pwa.state_dict())
+
+
+def test_a_hand_built_method_refuses_another_optimizer_class():
+    data = batches()
+    model = tiny_model()
+    adam = Method(model, torch.optim.Adam(model.parameters()), steps_per_epoch=len(data))
+    train(adam, model, data, epochs=1)
+    other = tiny_model()
+    sgd = Method(other, torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9))
+    with pytest.raises(ValueError, match="a state of Adam, this Method's optimizer is SGD"):
+        sgd.load_state_dict(adam.state_dict())
+    assert "betas" not in sgd.optimizer.param_groups[0]
+
+
+@pytest.mark.parametrize("how", ["average", "schedule-free"])
+def test_eval_weights_without_bn_loader_warns_once_per_method(how):
+    """Issue 21 defect 5: eval_weights() without bn_loader evaluated the average with the live
+    weights' BatchNorm statistics, silently."""
+    import warnings
+
+    import schedulefree
+
+    from polyak.averaging import KEEP_BN_STATS, StaleBatchNormWarning
+
+    data = batches()
+
+    def trained():
+        model = tiny_model(bn=True)
+        if how == "average":
+            method = Method(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                            averaging=Uniform(model, start_epoch=0), steps_per_epoch=len(data))
+        else:
+            method = Method(model, schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2),
+                            steps_per_epoch=len(data))
+        train(method, model, data, epochs=2)
+        return method
+
+    method = trained()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBatchNormWarning)
+        for loader in (data, KEEP_BN_STATS):          # a loader, or keep them on purpose
+            with method.eval_weights(bn_loader=loader):
+                pass
+    with pytest.warns(StaleBatchNormWarning, match="without bn_loader.*KEEP_BN_STATS"):
+        with method.eval_weights():
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBatchNormWarning)
+        with method.eval_weights():                   # once per Method
+            pass

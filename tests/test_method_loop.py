@@ -433,3 +433,45 @@ def test_grads_finite_checks_sparse_and_complex_gradients_too():
     emb.weight.grad = torch.sparse_coo_tensor([[0]], torch.tensor([[float("inf"), 0, 0]]),
                                               (10, 3))
     assert grads_finite([emb.weight, z]) is False
+
+
+# ---------------------------------------------------------------- options assigned later
+def test_loop_options_assigned_later_are_checked_like_the_constructor():
+    """Issue 21 defect 1: ``method.accumulate = 2`` raised AttributeError, ``method.nonfinite =
+    "bogus"`` was accepted, ``method.clip = 1.0`` was accepted and the next step failed with
+    "'float' object is not callable"."""
+    model = tiny_model()
+    method = Method(model, sgd(model))
+    for name, bad, match in (("clip", 1.0, r"Invalid clip: 1.0 .*ClipGradNorm\(1.0\)"),
+                             ("nonfinite", "bogus", "Invalid nonfinite: 'bogus'"),
+                             ("accumulate", 0, "Invalid accumulate: 0"),
+                             ("scaler", object(), "Invalid scaler"),
+                             ("warmup_steps", -1, "Invalid warmup_steps: -1"),
+                             ("schedule", 0.5, "Invalid schedule: 0.5"),
+                             ("steps_per_epoch", 0, "Invalid steps_per_epoch: 0")):
+        before = getattr(method, name)
+        with pytest.raises(ValueError, match=match):   # the constructor says the same
+            Method(model, sgd(model), **{name: bad})
+        with pytest.raises(ValueError, match=match):
+            setattr(method, name, bad)
+        assert getattr(method, name) is before          # a refused value changes nothing
+    method.clip, method.nonfinite = ClipGradNorm(0.5), "skip"
+    assert isinstance(method.clip, ClipGradNorm) and method.nonfinite == "skip"
+
+
+def test_accumulate_assigned_later_acts_like_the_constructor_argument():
+    data = batches(4)
+    model, ref = tiny_model(), tiny_model()
+    method = Method(model, sgd(model))
+    method.accumulate = 2
+    built = Method(ref, sgd(ref), accumulate=2)
+    for b in data:
+        method.step(lambda b=b: loss_of(model, b))
+        built.step(lambda b=b: loss_of(ref, b))
+    assert method.steps == built.steps == 2
+    assert_same(model, ref)
+    method.step(lambda: loss_of(model, data[0]))   # a cycle in progress: 1 of 2
+    for name, value in (("accumulate", 3), ("scaler", torch.amp.GradScaler("cpu"))):
+        with pytest.raises(ValueError, match=f"Invalid {name} change.*in progress"):
+            setattr(method, name, value)
+    assert method.accumulate == 2 and method.scaler is None

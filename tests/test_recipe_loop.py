@@ -125,3 +125,49 @@ def test_sgd_ema_on_an_eight_epoch_run_reports_sensible_accuracy(warmup, sensibl
         averaged = accuracy(model, xt, yt)
     assert live > 0.9
     assert (averaged > live - 0.02) == sensible, (live, averaged)
+
+
+def micro_batches(n=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", polyak.recipes.names())
+def test_every_recipe_takes_the_loop_options(name):
+    """Issue 21 defect 1: ``polyak.recipe("pwa", m, 4, 10, accumulate=2)`` (and clip=,
+    nonfinite=, scaler=) raised "Unknown hyper-parameter(s)" for every recipe."""
+    from polyak.loop import ClipGradNorm
+
+    model = Net()
+    clip, scaler = ClipGradNorm(1.0), torch.amp.GradScaler("cpu", enabled=False)
+    method = polyak.recipe(name, model, 4, 10, accumulate=2, clip=clip, nonfinite="skip",
+                           scaler=scaler)
+    assert (method.accumulate, method.clip, method.nonfinite, method.scaler) == \
+        (2, clip, "skip", scaler)
+    for i, (x, y) in enumerate(micro_batches()):   # the first cycle's second loss is NaN
+        bad = float("nan") if i == 1 else 1.0
+        method.step(lambda x=x, y=y, bad=bad: nn.functional.cross_entropy(model(x), y) * bad)
+    assert (method.steps, method.skipped_steps) == (1, 1)   # 4 micro-batches, 2 cycles
+    assert method.last_grad_norm is not None                # the clip measured the norm
+    with pytest.raises(polyak.recipes.UnknownRecipe, match="loop option"):
+        polyak.recipes.parse(name).with_overrides(accumulate=2)
+
+
+def test_recipe_accumulation_equals_torch_sgd_on_the_whole_batch():
+    """The recipe's accumulate=2 steps once per two micro-batches with the gradient of their
+    mean loss: torch's SGD (momentum 0.9, wd 5e-4, lr 0.1: sgdm's first epoch) on the joined
+    batch."""
+    model, ref = Net(), Net()
+    method = polyak.recipe("sgdm", model, 4, 2, accumulate=2)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    batches = micro_batches()
+    for x, y in batches:
+        method.step(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+    for (x1, y1), (x2, y2) in (batches[:2], batches[2:]):
+        opt.zero_grad()
+        nn.functional.cross_entropy(ref(torch.cat([x1, x2])), torch.cat([y1, y2])).backward()
+        opt.step()
+    assert method.steps == 2
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)

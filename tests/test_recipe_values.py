@@ -39,9 +39,9 @@ def test_a_spec_is_parsed_once_on_the_way_to_build(monkeypatch):
 
 
 def test_keyword_overrides_are_never_turned_into_text():
-    # issue 14 defect 7: a comma-containing string reaches the averaging unchanged and is refused
-    # there (not a spec parse error), and a non-scalar value reaches the optimizer as itself
-    with pytest.raises(ValueError, match=r"Invalid momentum: 'keep, reset'") as err:
+    # issue 14 defect 7: a comma-containing string arrives unchanged and is refused as a value
+    # (not a spec parse error), and a non-scalar value reaches the optimizer as itself
+    with pytest.raises(ValueError, match=r"Invalid momentum_policy: 'keep, reset'") as err:
         polyak.recipe("pwa", tiny(), epochs=4, steps_per_epoch=2, momentum_policy="keep, reset")
     assert not isinstance(err.value, recipes.UnknownRecipe)
     lr = torch.tensor(0.05)
@@ -160,3 +160,55 @@ def test_schedule_and_budget_are_hyper_parameters_of_every_recipe():
                        ("gadam-auto:budget=0.5", "Invalid budget for GadamAuto")):
         with pytest.raises(ValueError, match=match):
             polyak.recipe(bad, tiny(), epochs=4, steps_per_epoch=2)
+
+
+SPECS = [*recipes.names(), "sgd+ema"]   # every recipe and every averaging
+
+
+def numeric_defaults():
+    """(recipe, hyper-parameter) for every numeric hyper-parameter of every recipe."""
+    for name in SPECS:
+        rec = recipes.parse(name)
+        for key, value in rec.hyperparameters(40, 32).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield name, key
+
+
+@pytest.mark.parametrize("name, key", list(numeric_defaults()))
+def test_every_numeric_hyper_parameter_refuses_nan_and_inf_at_parse_time(name, key):
+    """Issue 21 defect 2: ``lr=nan`` and ``lr=inf`` passed validation (``lr=-1`` did not)."""
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match=rf"^Invalid {key}: -?(nan|inf) \(allowed: "):
+            recipes.parse(f"{name}:{key}={text}")
+    with pytest.raises(ValueError, match=rf"^Invalid {key}: nan"):
+        polyak.recipe(name, tiny(), 4, 2, **{key: float("nan")})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("momentum", 2), ("momentum", 1.0), ("momentum", -0.1), ("beta1", 1.0), ("beta2", 1.5),
+    ("beta1", -0.5), ("weight_decay", -1e-4), ("lr", -1), ("rho", -0.05), ("partial", 0.75),
+    ("partial", 0), ("final_lr", 0.0), ("gamma", -1e-3), ("alpha", 0.0), ("alpha", 1.5),
+    ("k", 0), ("k", 2.5), ("ema_decay", 1.0), ("gamma0", 1.0), ("avg_ratio", 0.0),
+    ("avg_start", -1), ("phases", 4), ("patience", -1), ("switch_epoch", 0),
+    ("factor_decay", 0.0), ("damping", -1.0), ("inv_every", 0), ("factor_every", 1.5),
+    ("warmup", -1), ("warmup_fraction", 1.5), ("amsgrad", 1), ("factor_init", "eye"),
+    ("momentum_policy", "drop"),
+])
+def test_out_of_range_hyper_parameters_are_refused(key, value):
+    """Issue 21 defect 7: ``momentum=2`` was accepted and the run stored as complete. Ranges at
+    least torch's own (momentum and betas in [0, 1), eps/weight decay/lr >= 0)."""
+    name = next(n for n in SPECS if key in recipes.parse(n).defaults)
+    with pytest.raises(ValueError, match=rf"^Invalid {key}: {value!r} \(allowed: "):
+        recipes.parse(name).with_overrides(**{key: value})
+    with pytest.raises(ValueError, match=rf"^Invalid {key}: "):
+        recipes.parse(f"{name}:{key}={value}")
+
+
+def test_every_hyper_parameter_of_every_recipe_has_a_range():
+    from polyak._hyperparameters import CHECKS
+
+    keys = {k for n in SPECS for k in recipes.parse(n).defaults}
+    assert keys <= set(CHECKS), sorted(keys - set(CHECKS))
+    for name in SPECS:   # and every default is inside it, for a budget
+        rec = recipes.parse(name)
+        assert rec.build(tiny(), 40, 32).recipe  # builds (the resolved values are checked)

@@ -16,7 +16,14 @@ afterwards a family (``uniform_weights``, ``ema_weights``, ``pwa_weights``, ``la
 from __future__ import annotations
 
 from polyak.averaging.base import NonFiniteWeights, WeightAverage
-from polyak.averaging.bn import bn_modules, default_forward, recalibrate_bn, saved_bn_buffers
+from polyak.averaging.bn import (
+    KEEP_BN_STATS,
+    StaleBatchNormWarning,
+    bn_modules,
+    default_forward,
+    recalibrate_bn,
+    saved_bn_buffers,
+)
 from polyak.averaging.ema import EMA
 from polyak.averaging.final_phase import FinalPhase
 from polyak.averaging.phasewise import PhaseWise, phase_weights, reset_momentum
@@ -45,7 +52,7 @@ from polyak.averaging.snapshots import Snapshots
 from polyak.averaging.uniform import Uniform
 
 __all__ = [
-    "NonFiniteWeights",
+    "NonFiniteWeights", "KEEP_BN_STATS", "StaleBatchNormWarning",
     "EMA", "FinalPhase", "PhaseWise", "Uniform", "WeightAverage", "bn_modules", "default_forward",
     "phase_weights", "recalibrate_bn", "reset_momentum", "saved_bn_buffers",
     # post-hoc averaging

@@ -40,7 +40,13 @@ import torch
 from torch import Tensor, nn
 
 from polyak.averaging import _tensors as tt
-from polyak.averaging.bn import Forward, bn_modules, recalibrate_bn, saved_bn_buffers
+from polyak.averaging.bn import (
+    Forward,
+    bn_loader_for,
+    bn_modules,
+    recalibrate_bn,
+    saved_bn_buffers,
+)
 
 __all__ = ["WeightAverage", "NonFiniteWeights", "NONFINITE"]
 
@@ -367,8 +373,14 @@ class WeightAverage:
         """Inside the block ``model`` holds the averaged weights, and with ``bn_loader`` BatchNorm
         statistics recomputed for them (:func:`recalibrate_bn`). On exit, also when the block
         raises, the live weights and BatchNorm buffers are back bit for bit. While nothing has been
-        averaged the block sees the live weights (with recalibrated statistics if asked)."""
+        averaged the block sees the live weights (with recalibrated statistics if asked).
+        Without ``bn_loader`` on a model with BatchNorm the averaged weights would meet the live
+        weights' statistics: a :class:`~polyak.averaging.bn.StaleBatchNormWarning` says so
+        (once); ``bn_loader=KEEP_BN_STATS`` keeps them on purpose."""
         model = self.model if model is None else model
+        bn_loader = bn_loader_for(self, model, bn_loader,
+                                  f"{type(self).__name__}.applied() swapped the average in",
+                                  stale=self.has_average)
         params = self._params(model)
         with torch.no_grad():
             live = [p.detach().clone() for p in params]
@@ -398,11 +410,10 @@ class WeightAverage:
             "skipped": self.skipped,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; ValueError if it is from another class, another set of
-        hyper-parameters, or a model with other parameter shapes. The average's tensors are
-        converted to this average's dtype: a state saved when averages of bf16 parameters were
-        kept in bf16 loads exactly into today's float32 average."""
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless :meth:`load_state_dict` would accept ``state``: another
+        class, another set of hyper-parameters, or a model with other parameter shapes. Changes
+        nothing (:class:`~polyak.method.Method` checks every piece before loading any)."""
         name = type(self).__name__
         if state.get("type") != name:
             raise ValueError(f"Invalid state_dict: it is from a {state.get('type')}, not a {name}")
@@ -418,8 +429,14 @@ class WeightAverage:
                 f"Invalid state_dict: it is from a different model ({len(got)} tensors "
                 f"{_brief(got)}; this average holds {len(want)} {_brief(want)})"
             )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checked first by :meth:`check_state_dict`). The average's
+        tensors are converted to this average's dtype: a state saved when averages of bf16
+        parameters were kept in bf16 loads exactly into today's float32 average."""
+        self.check_state_dict(state)
         with torch.no_grad():
-            for a, s in zip(self.average, avg):
+            for a, s in zip(self.average, state["average"]):
                 a.copy_(s)
         for key in ("n_averaged", "collected", "steps", "epoch"):
             setattr(self, key, int(state[key]))

@@ -5,11 +5,18 @@ the running statistics of an average of weights are not the average of the stati
 recomputed by a forward pass over training data. As ``torch.optim.swa_utils.update_bn`` does,
 each BatchNorm's statistics are reset and its ``momentum`` set to ``None``, so the running
 estimates become the cumulative average over the batches (every batch weighs the same).
+
+Stale statistics are a silent error (torch's ``update_bn`` docs insist on the pass): where
+weights other than the live ones are written or swapped in (PWA's phase end, ``applied()``,
+``Method.eval_weights()``) without a ``bn_loader`` on a model with BatchNorm running statistics,
+a :class:`StaleBatchNormWarning` says so, once per object. To keep the live weights' statistics
+on purpose, pass ``bn_loader=KEEP_BN_STATS``: an explicit value, unlike ``None`` (not given).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -19,14 +26,56 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from polyak.distributed import is_distributed
 
-__all__ = ["recalibrate_bn", "saved_bn_buffers", "default_forward", "bn_modules"]
+__all__ = ["recalibrate_bn", "saved_bn_buffers", "default_forward", "bn_modules",
+           "KEEP_BN_STATS", "StaleBatchNormWarning", "bn_loader_for"]
 
 Forward = Callable[[nn.Module, Any], Any]
+
+
+class _KeepBNStats:
+    """The type of :data:`KEEP_BN_STATS` (one instance)."""
+
+    def __repr__(self) -> str:
+        return "polyak.averaging.KEEP_BN_STATS"
+
+    def __reduce__(self) -> str:
+        return "KEEP_BN_STATS"   # pickles (e.g. into a worker process) as the same object
+
+
+#: ``bn_loader=KEEP_BN_STATS``: keep the BatchNorm statistics the model has (the live weights'),
+#: on purpose: nothing is recalibrated and nothing is warned.
+KEEP_BN_STATS = _KeepBNStats()
+
+
+class StaleBatchNormWarning(UserWarning):
+    """Weights other than the live ones met BatchNorm statistics computed for the live ones."""
 
 
 def bn_modules(model: nn.Module) -> list[_BatchNorm]:
     """Every BatchNorm (1d/2d/3d, Sync, Lazy) inside ``model``."""
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def bn_loader_for(owner: object, model: nn.Module, bn_loader: Any, what: str,
+                  stale: bool = True) -> Iterable[Any] | None:
+    """The loader to recalibrate ``model``'s BatchNorm on (``None``: do not).
+
+    ``bn_loader`` as given, ``None`` for :data:`KEEP_BN_STATS`. When ``stale`` (``what``, e.g.
+    "PhaseWise wrote the phase's aggregate into the model", put other weights in) and no loader
+    was given on a model with BatchNorm running statistics, a :class:`StaleBatchNormWarning`
+    says so, once per ``owner``."""
+    if bn_loader is KEEP_BN_STATS:
+        return None
+    if bn_loader is None and stale and not getattr(owner, "_stale_bn_warned", False) \
+            and any(m.track_running_stats for m in bn_modules(model)):
+        owner._stale_bn_warned = True  # type: ignore[attr-defined]
+        warnings.warn(
+            f"{what} without bn_loader on a model with BatchNorm: its running statistics are "
+            "the live weights', stale for these weights (recompute them, as torch's "
+            "update_bn docs insist). Pass bn_loader=<training batches> to recalibrate them, or "
+            "bn_loader=polyak.averaging.KEEP_BN_STATS to keep them on purpose (warned once "
+            f"per {type(owner).__name__})", StaleBatchNormWarning, stacklevel=4)
+    return bn_loader
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -105,7 +154,7 @@ def recalibrate_bn(
     """
     _check_max_batches(max_batches)
     bns = bn_modules(model)
-    if not bns:
+    if not bns or loader is KEEP_BN_STATS:
         return
     forward = default_forward if forward is None else forward
     device = _model_device(model)

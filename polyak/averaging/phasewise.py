@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from polyak.averaging.base import WeightAverage, check_epoch
-from polyak.averaging.bn import Forward, recalibrate_bn
+from polyak.averaging.bn import Forward, bn_loader_for, recalibrate_bn
 
 __all__ = ["PhaseWise", "phase_weights", "reset_momentum"]
 
@@ -97,7 +97,10 @@ class PhaseWise(WeightAverage):
 
     Call :meth:`end_epoch` after every epoch, 0-based and consecutive; at the end of each phase
     the aggregate is written into the live model (so the final model, after the last phase, is
-    the last aggregate) and, given ``bn_loader``, BatchNorm is recalibrated. An epoch past the
+    the last aggregate) and, given ``bn_loader``, BatchNorm is recalibrated (without one, on a
+    model with BatchNorm, a :class:`~polyak.averaging.bn.StaleBatchNormWarning` says the
+    statistics are the pre-aggregation weights'; ``bn_loader=KEEP_BN_STATS`` keeps them on
+    purpose, without the warning). An epoch past the
     sum of the phases raises ValueError: it would belong to no phase. :meth:`applied` mid-phase
     shows the partial aggregate ``avg/(1-gamma^t)`` after t epochs (weights summing to 1); at a
     phase boundary there is none, and it shows the live weights (the aggregate).
@@ -214,6 +217,8 @@ class PhaseWise(WeightAverage):
             return
         self._write_into(params, self._divisor())
         self.n_averaged = 0
+        bn_loader = bn_loader_for(self, self.model, bn_loader,
+                                  "PhaseWise wrote the phase's aggregate into the model")
         if bn_loader is not None:
             recalibrate_bn(self.model, bn_loader, forward=forward)
         if self.momentum == "reset":

@@ -4,7 +4,8 @@ A run's identity is (task, method spec, seed, epochs, config hash); the config i
 :meth:`~polyak.bench.tasks.Task.config` plus the tuned overrides the bench applied, so
 changing a task or its tuned learning rates makes new runs instead of mixing results.
 Status: ``pending`` (planned), ``running`` (claimed by a bench under a lease, see below),
-``complete``, ``diverged`` (a non-finite loss; deterministic, so final like ``complete``) and
+``complete``, ``diverged`` (a non-finite or exploded loss, :mod:`polyak.bench.divergence`;
+deterministic, so final like ``complete``) and
 ``failed`` (an exception, stored with its text; retried by the next bench). A finished run and
 all its metric rows are written in one transaction, so a kill never leaves a half-written run.
 Each run also records the torch version and CPU capability

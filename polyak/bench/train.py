@@ -16,7 +16,9 @@ Each epoch:
 4. record train/val/test metrics (val/test ``None`` in the epochs between the curve points),
    the epoch's learning rate and the cumulative wall time.
 
-A non-finite loss ends the run as "diverged" with the epochs recorded so far. The seed sets
+A non-finite loss ends the run as "diverged" with the epochs recorded so far, and so does an
+exploded one (:func:`polyak.bench.divergence.exploded`): an epoch's mean training loss, or the
+reported weights' validation or test NLL, above ``100 x log(num_classes)``. The seed sets
 torch's, numpy's and Python's global RNGs (the model's initial weights come from it) and the
 batch-order generator; with one thread the run is reproducible bit for bit across processes.
 
@@ -60,6 +62,7 @@ from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.data import Splits
 from polyak.bench.data.augment import Augment, channel_stats
 from polyak.bench.device import is_cuda, prepare_model
+from polyak.bench.divergence import exploded
 from polyak.bench.lm import evaluate_lm, train_epoch_lm
 from polyak.bench.models import get_model
 from polyak.bench.resume import RunCheckpoint, capture_rngs, restore_rngs
@@ -418,6 +421,11 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         if not all(math.isfinite(v) for v in (train_loss, *(live_val or ()))):
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"
             break
+        why = exploded(train_loss, splits.num_classes)
+        if why is not None:
+            result.status = "diverged"
+            result.error = f"exploded loss in epoch {epoch}: mean train loss {why}"
+            break
         versions = _versions(model)
         try:
             method.end_epoch(epoch, val_loss=live_val and live_val[0],
@@ -442,6 +450,11 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
         if val[0] is not None and not (math.isfinite(val[0]) and math.isfinite(test[0])):
             result.status = "diverged"
             result.error = f"non-finite loss of the reported weights in epoch {epoch}"
+            break
+        why = None if val[0] is None else exploded(max(val[0], test[0]), splits.num_classes)
+        if why is not None:
+            result.status = "diverged"
+            result.error = f"exploded loss of the reported weights in epoch {epoch}: {why}"
             break
         if method.should_stop:
             break

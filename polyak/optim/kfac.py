@@ -50,10 +50,14 @@ instead of ``register_full_backward_hook`` because
 full backward hooks break models that modify a layer's output in place
 (``Conv2d -> ReLU(inplace=True)``, as in VGG and AlexNet, the paper's models).
 
-A model without any supported layer triggers a ``UserWarning`` and is trained by plain SGD.
+Coverage. Every trainable parameter outside the supported layers gets plain SGD; when one of
+them is not a normalization layer's scale or shift (those get SGD by design), one ``UserWarning``
+at construction names them with the share of parameters preconditioned (e.g. a GRU's weights:
+"TSO-ALRA preconditions 1,674 of 39,306 parameters (4.3 %); these get plain SGD: ..."); a
+model without any supported layer is said to be trained by plain SGD in the same warning.
 ``nn.MultiheadAttention`` (as in ``nn.TransformerEncoder``) calls its projections functionally
 (``in_proj_weight``, ``out_proj.weight``): nothing can be captured for them, so they get plain SGD
-and a ``UserWarning`` names the attention modules; the feed-forward Linear layers around them are
+and the warning names the attention modules; the feed-forward Linear layers around them are
 preconditioned. A supported layer whose forward did not run in the first step (used
 functionally elsewhere) is named in a second ``UserWarning``.
 """
@@ -72,6 +76,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from polyak.optim import _kfac_factors as kf
+from polyak.optim._kfac_coverage import coverage_message
 
 __all__ = ["KFACSqrt"]
 
@@ -163,8 +168,11 @@ class KFACSqrt(Optimizer):
 
     Per-layer state (``self.state[layer.weight]``): ``A``, ``B``, ``A_inv_sqrt``, ``B_inv_sqrt``,
     ``factor_updates`` (how many batches the factors have seen);
-    per parameter: ``momentum_buffer`` when ``momentum > 0``.
+    per parameter: ``momentum_buffer`` when ``momentum > 0``. Parameters it does not cover:
+    see "Coverage" in the module docstring.
     """
+
+    label = "KFACSqrt"   # the name the coverage warning gives the optimizer
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-2, factor_decay: float = 0.05,
                  damping: float = 1e-3, inv_every: int = 100, factor_every: int = 1,
@@ -183,18 +191,11 @@ class KFACSqrt(Optimizer):
         self._pending: dict[int, tuple[Tensor, Tensor, int]] = {}
         self._layers = self._find_layers(model)
         self._unseen_checked = False
-        attention = [n or "model" for n, m in model.named_modules()
-                     if isinstance(m, nn.MultiheadAttention)]
-        if attention:
-            warnings.warn(f"{type(self).__name__}: nn.MultiheadAttention computes its "
-                          "projections functionally, so their inputs and output gradients "
-                          f"cannot be captured: {', '.join(attention)} (in_proj and out_proj) "
-                          "get plain SGD; the other Linear/Conv layers are preconditioned",
-                          UserWarning, stacklevel=2)
-        if not self._layers:
-            warnings.warn(f"{type(self).__name__}: the model has no Linear/Conv1d/Conv2d "
-                          "(groups=1) layer to precondition; every parameter gets plain SGD",
-                          UserWarning, stacklevel=2)
+        covered = [p for lay in self._layers for p in (lay.weight, lay.bias) if p is not None]
+        owned = [p for g in self.param_groups for p in g["params"]]
+        message = coverage_message(self.label, model, owned, covered)
+        if message is not None:   # once per optimizer: what gets plain SGD, and the share
+            warnings.warn(message, UserWarning, stacklevel=2)
         self._init_factors()
         ref = weakref.ref(self)
         for i, layer in enumerate(self._layers):

@@ -35,6 +35,9 @@ __all__ = ["TSOALRA"]
 class TSOALRA(KFACSqrt):
     """Two-stage optimizer: ``KFACSqrt`` until the switch, plain SGD after it.
 
+    Parameters K-FAC does not cover get plain SGD from the start; a ``UserWarning`` names them
+    with the share preconditioned (see :class:`~polyak.optim.kfac.KFACSqrt`).
+
     Args:
         model: the network (see :class:`~polyak.optim.kfac.KFACSqrt`).
         lr: learning rate of both stages.
@@ -44,6 +47,8 @@ class TSOALRA(KFACSqrt):
         **kfac_kwargs: ``factor_decay``, ``damping``, ``inv_every``, ``factor_every``,
             ``factor_init``, ``momentum``, ``weight_decay``, ``foreach`` of ``KFACSqrt``.
     """
+
+    label = "TSO-ALRA"
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-2, switch_epoch: int | None = None,
                  trigger: Any = None, **kfac_kwargs: Any) -> None:

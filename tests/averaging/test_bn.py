@@ -120,3 +120,72 @@ def test_moves_batches_to_the_model_device():
     recalibrate_bn(model, cpu_batches)
     update_bn(cpu_batches, ref, device="cuda")
     assert_lists_equal(bn_buffers(model), bn_buffers(ref))
+
+
+# ---------------------------------------------------------------- stale statistics (issue 21)
+def _perturb(model, scale=0.5, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def _stale_warnings(record):
+    from polyak.averaging import StaleBatchNormWarning
+
+    return [w for w in record if issubclass(w.category, StaleBatchNormWarning)]
+
+
+def test_phase_end_without_bn_loader_warns_once_and_keep_bn_stats_is_silent():
+    """Issue 21 defect 5: PWA's phase end wrote the aggregate into a BatchNorm model without
+    bn_loader and silently kept the pre-aggregation statistics."""
+    import warnings
+
+    from polyak.averaging import KEEP_BN_STATS, PhaseWise
+
+    for bn_loader, expected in ((None, 1), (image_batches(), 0), (KEEP_BN_STATS, 0)):
+        model = bn_net()
+        _trained_stats(model)
+        pwa = PhaseWise(model, phases=[2, 2])
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            for epoch in range(4):                  # two phase ends
+                _perturb(model, seed=epoch)
+                stats = bn_buffers(model)
+                pwa.end_epoch(epoch, bn_loader=bn_loader)
+        stale = _stale_warnings(record)
+        assert len(stale) == expected, (bn_loader, [str(w.message) for w in stale])
+        if expected:
+            text = str(stale[0].message)
+            assert "PhaseWise" in text and "bn_loader" in text and "KEEP_BN_STATS" in text
+        if bn_loader is KEEP_BN_STATS:               # the live statistics, kept as they were
+            assert_lists_equal(bn_buffers(model), stats)
+
+
+def test_applied_average_without_bn_loader_warns_once_not_for_live_weights_or_no_batchnorm():
+    import warnings
+
+    from polyak.averaging import KEEP_BN_STATS, Uniform
+
+    model = bn_net()
+    _trained_stats(model)
+    avg = Uniform(model, start_epoch=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with avg.applied():                          # nothing averaged yet: the live weights
+            pass
+        assert not _stale_warnings(record)
+        avg.end_epoch(0)
+        _perturb(model)
+        avg.end_epoch(1)
+        for _ in range(2):
+            with avg.applied():
+                pass
+        with avg.applied(bn_loader=KEEP_BN_STATS) as m:   # on purpose: the live statistics
+            assert_lists_equal(bn_buffers(m), bn_buffers(model))
+        plain = Uniform(mlp(), start_epoch=0)        # no BatchNorm: nothing can be stale
+        plain.end_epoch(0)
+        with plain.applied():
+            pass
+    assert len(_stale_warnings(record)) == 1
+    assert "Uniform.applied()" in str(_stale_warnings(record)[0].message)

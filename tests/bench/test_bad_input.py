@@ -162,3 +162,20 @@ def test_corrupt_cached_dataset_is_regenerated(tmp_path):
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert torch.equal(getattr(first, name), getattr(again, name))
     assert all(p.stat().st_size > 100 for p in caches)  # rewritten whole
+
+
+@pytest.mark.parametrize("spec, needle", [("sgdm:lr=nan", "Invalid lr: nan"),
+                                          ("sgdm:lr=inf", "Invalid lr: inf"),
+                                          ("sgdm:momentum=2", "Invalid momentum: 2"),
+                                          ("adam:beta2=1", "Invalid beta2: 1")])
+def test_out_of_range_hyper_parameter_fails_at_parse_time(capsys, tmp_path, tiny, spec, needle):
+    """Issue 21 defects 2 and 7: ``--methods "sgdm:lr=nan"`` stored a failed run blaming a torch
+    LR scheduler, ``momentum=2`` a "complete" run at chance accuracy. Now one line, exit 2, and
+    nothing written."""
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--tasks", "tiny", "--methods", spec, "--seeds", "1", "--epochs", "3",
+              "--workers", "1", "--store", str(tmp_path / "s.sqlite"), "--out",
+              str(tmp_path / "rep"), "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress",
+              "--device", "cpu"])
+    one_line(info.value.code, capsys.readouterr().err, needle, "allowed")
+    assert not (tmp_path / "s.sqlite").exists() and not (tmp_path / "rep").exists()

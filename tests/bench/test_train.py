@@ -1,6 +1,7 @@
 """The training loop of one run: determinism, bookkeeping against a hand-written loop."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -187,3 +188,40 @@ def test_triggers_read_the_validation_score_of_the_weights_the_method_reports():
     got = _val_for_triggers(method, score, Splits, None)
     assert got[0] == pytest.approx(averaged, rel=1e-6)
     assert score("x", "y")[0] == pytest.approx(sum(float(p.sum()) for p in iterates[-1]))
+
+
+def test_bench_runs_never_warn_about_stale_batchnorm_or_kfac_coverage(tiny_task):
+    """Issue 21 defects 5 and 6: the bench passes its training batches as bn_loader (PWA's phase
+    ends, the reported averages, schedule-free's evaluation point) and its CNN is fully
+    preconditioned by TSO-ALRA (BatchNorm's scales and shifts get SGD by design): no warning."""
+    import warnings
+
+    for spec in ("pwa", "swa", "schedule-free-adamw", "tso-alra"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)   # StaleBatchNormWarning included
+            result = train_run(tiny_task, spec, seed=0, epochs=2)
+        assert result.status == "complete", (spec, result.error)
+
+
+def test_a_run_whose_loss_explodes_but_stays_finite_is_diverged(tiny_mlp_task):
+    """Issue 21 defect 7: a run whose loss exploded (test NLL 6.5e15, chance accuracy) was
+    stored "complete". lr=100 on the MLP sends the loss to ~1e16 nats in the first epoch, finite
+    all along (nonfinite="raise" would have stopped it otherwise): diverged at epoch 0."""
+    import re
+
+    result = train_run(tiny_mlp_task, "sgd:lr=100", seed=0, epochs=3)
+    assert result.status == "diverged" and result.records == [], result.error
+    match = re.match(r"exploded loss in epoch 0: mean train loss (\S+) nats > 100 x log\(10\) "
+                     r"= 230.3", result.error)
+    assert match, result.error
+    loss = float(match.group(1))
+    assert math.isfinite(loss) and loss > 100 * math.log(10)
+
+
+def test_exploded_is_100_times_the_uniform_prediction_nll():
+    from polyak.bench.divergence import exploded
+
+    for classes in (2, 10, 65):
+        bound = 100 * math.log(classes)               # -log(1/C), the uniform prediction
+        assert exploded(bound * 0.999, classes) is None
+        assert f"log({classes})" in exploded(bound * 1.001, classes)

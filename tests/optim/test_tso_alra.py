@@ -183,3 +183,60 @@ def test_trigger_needs_the_validation_loss():
     opt = TSOALRA(small_cnn(), trigger=Plateau(1))
     with pytest.raises(ValueError, match="val_loss"):
         opt.end_epoch(0)
+
+
+class EmbedGRU(nn.Module):
+    """Embedding + bidirectional GRU + Linear head: only the head is preconditioned."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(20, 8)
+        self.gru = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, idx):
+        out, _ = self.gru(self.embed(idx))
+        return self.head(out[:, -1])
+
+
+def test_parameters_kfac_does_not_cover_are_named_once_with_the_share():
+    """Issue 21 defect 6: TSO-ALRA left a GRU on plain SGD (only the head preconditioned) with
+    no warning. The warning names them with the share; they get exactly torch's SGD."""
+    import warnings
+
+    model, ref = EmbedGRU(), EmbedGRU()
+    head = model.head.weight.numel() + model.head.bias.numel()
+    total = sum(p.numel() for p in model.parameters())
+    share = f"{100 * head / total:.1f} %"
+    with pytest.warns(UserWarning) as record:
+        opt = TSOALRA(model, lr=0.1, switch_epoch=2)
+    (warning,) = [w for w in record if "preconditions" in str(w.message)]
+    text = str(warning.message)
+    assert text.startswith(f"TSO-ALRA preconditions {head:,} of {total:,} parameters ({share})")
+    plain = [n for n, _ in model.named_parameters() if not n.startswith("head.")]
+    assert "these get plain SGD: " + ", ".join(plain[:8]) in text and "and 1 more" in text
+    sgd = torch.optim.SGD([p for n, p in ref.named_parameters() if not n.startswith("head.")],
+                          lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    idx, y = torch.randint(0, 20, (4, 7), generator=g), torch.randint(0, 5, (4,), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # once per optimizer: not at a step
+        train_step(model, opt, idx, y)
+        train_step(ref, sgd, idx, y)
+        for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+            if not n.startswith("head."):
+                assert torch.equal(p, q), n        # w - lr * g, exactly
+        train_step(model, opt, idx, y)
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d(4), nn.LayerNorm(4), nn.GroupNorm(2, 4)])
+def test_a_model_kfac_covers_but_for_normalization_does_not_warn(norm):
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), norm, nn.ReLU(), nn.Linear(4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TSOALRA(model, lr=0.1, switch_epoch=2)
+    assert TSOALRA.label == "TSO-ALRA"
