@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
+from polyak._budget import SCHEDULES, ScheduleRule
+
 __all__ = ["CHECKS", "check_hyperparameter", "check_hyperparameters"]
 
 
@@ -52,6 +54,11 @@ def _integer(low: int) -> Callable[[Any], bool]:
 def _one_of(*allowed: Any) -> Callable[[Any], bool]:
     return lambda v: not isinstance(v, bool) and any(v == a and type(v) is type(a)
                                                      for a in allowed)
+
+
+def _schedule(value: Any) -> bool:
+    return isinstance(value, ScheduleRule.__args__) or (isinstance(value, str)
+                                                        and value in SCHEDULES)
 
 
 def _boolean(value: Any) -> bool:
@@ -91,7 +98,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "avg_ratio": (_UNIT_HALF_OPEN, "a number with 0 < avg_ratio <= 1"),
     "ema_decay": (_UNIT_OPEN, "a number with 0 <= ema_decay < 1"),
     "ema_warmup": _BOOL,
-    "phases": (_one_of(1, 2, 3), "1, 2, 3"),
+    "budget": (_finite(0.0, 1.0, low_open=True, high_open=False),
+               "the fraction of the epochs trained, 0 < budget <= 1"),
+    "schedule": (_schedule, f"{', '.join(SCHEDULES)}, or a polyak._budget schedule rule"),
     "gamma0": (_finite(0.0, 1.0, low_open=True), "a number with 0 < gamma0 < 1"),
     "momentum_policy": (_one_of("keep", "reset"), "'keep', 'reset'"),
     "patience": (_integer(0), "an integer patience >= 0"),

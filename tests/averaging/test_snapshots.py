@@ -221,8 +221,7 @@ def test_observe_checks_the_observer_and_states_must_match(tmp_path):
     plain = method.state_dict()
     snaps = method.observe(Snapshots(model, tmp_path))
     assert method.observers == [snaps]
-    with pytest.raises(ValueError, match="state_dict holds 0 observers' states, this Method "
-                                         "has 1"):
+    with pytest.raises(ValueError, match="it holds 0 observers' states, this Method has 1"):
         method.load_state_dict(plain)
     saved = io.BytesIO()
     torch.save(method.state_dict(), saved)       # loadable as the HF Trainer does it

@@ -144,7 +144,9 @@ def test_lstm_loss_falls_through_the_bench_loop(corpus_dir):
     assert last["val_loss"] < 0.5 * uniform and last["val_acc"] > 0.5
 
 
-@pytest.mark.parametrize("spec", ["tso-alra", "sam", "swa"])
+# tso-alra at the recipe's damping: the bench's "tso-alra" is the TSO-ALRA paper's arm, whose
+# damping 1e-6 (the paper's) blows this tiny LSTM's preconditioned decoder up in epoch 0
+@pytest.mark.parametrize("spec", ["tso-alra:damping=0.001", "sam", "swa"])
 def test_recipes_with_extra_passes_or_averages_run_on_the_lstm(corpus_dir, spec):
     task = tiny_lm(corpus_dir)
     a, b = train_run(task, spec, seed=0), train_run(task, spec, seed=0)

@@ -54,7 +54,7 @@ ARMS = (
         {**_SOURCES, "plan": SGD_GRID}),
     _adam("adam", "Adam"),
     _adam("amsgrad", "AMSGrad"),
-    Arm("tso-alra", "tso-alra", {"schedule": "tso-alra"},   # no weight decay: it has none
+    Arm("tso-alra", "tso-alra", {"schedule": "tso-alra", "damping": 1e-6},   # (no weight decay)
         Plan(({"lr": (1e-1, 1e-2, 1e-3), "switch_epoch": _SWITCH},),
              text="lr in {1e-1, 1e-2, 1e-3} x switch epoch in {5, 10, ..., 75} of 164"),
         "", {**_SOURCES, "plan": TSO_GRID, "damping": DAMPING}, baseline=f"sgd@{KEY}"),
