@@ -1,6 +1,6 @@
 """Hugging Face ``transformers.Trainer``: a polyak :class:`~polyak.method.Method` drives it.
 
-Usage (complete example in the README and ``examples/hf_example.py``)::
+Usage (complete example in docs/integrations.md and ``examples/hf_example.py``)::
 
     from polyak.integrations.hf import PolyakTrainer
 

@@ -1,6 +1,6 @@
 """PyTorch Lightning: a polyak :class:`~polyak.method.Method` drives ``lightning.Trainer``.
 
-Usage (complete example in the README and ``examples/lightning_example.py``)::
+Usage (complete example in docs/integrations.md and ``examples/lightning_example.py``)::
 
     from polyak.integrations.lightning import PolyakCallback, method_optimizer
 
