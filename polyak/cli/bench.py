@@ -238,7 +238,9 @@ DATA_DIR_HELP = ("Directory to look in first for the datasets (and corpus.txt fo
 
 @app.command("bench")
 def bench_command(
-    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default mnist1d-cnn)."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks: built-in names, or "
+                              "your own FILE.py:NAME / module:NAME (docs/own-task.md; default "
+                              "mnist1d-cnn)."),
     methods: str = typer.Option(None, "--methods",
                                 help="Comma-separated recipe specs (default: every paper method)."),
     seeds: int = typer.Option(None, "--seeds", help="Seeds per method (default: the task's, 3)."),
@@ -305,7 +307,8 @@ def bench_command(
 
 @app.command("report")
 def report_command(
-    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all stored)."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks, built-in or "
+                              "FILE.py:NAME (default: the built-in tasks stored)."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated specs (default: all)."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
     store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite run store to read."),
@@ -384,7 +387,8 @@ def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store
 
 @app.command("tune")
 def tune_command(
-    task: str = typer.Option(None, "--task", help="Task to tune on (default mnist1d-cnn)."),
+    task: str = typer.Option(None, "--task", help="Task to tune on: a built-in name or your "
+                             "FILE.py:NAME (default mnist1d-cnn)."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated recipe names "
                                 "(default: every paper method; the recipes they share tuning "
                                 "with are tuned too)."),
