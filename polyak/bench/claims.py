@@ -55,7 +55,9 @@ class Claim:
     ``figure``: the paper's own result for the comparison (shown beside the verdict);
     ``held_equal``: the settings the paper held equal between the two arms (``"schedule"``,
     ``"weight_decay"``, ``"lr"``, ``"budget"``; checked by the tests from the built arms);
-    ``source``: the quote it rests on; ``protocol``: the paper protocol it belongs to."""
+    ``source``: the quote it rests on; ``protocol``: the paper protocol it belongs to;
+    ``loss_unit``: the unit of a loss metric ("nats" for the NLL; a user's task whose metric
+    is its own loss reads every claim on it, in "loss" units: :mod:`polyak.bench.own_report`)."""
 
     paper: str
     text: str
@@ -69,6 +71,7 @@ class Claim:
     held_equal: tuple[str, ...] = ()
     source: Any = None
     protocol: str = ""
+    loss_unit: str = "nats"
 
     def __post_init__(self) -> None:
         if self.metric not in _METRICS:
@@ -85,7 +88,7 @@ class Claim:
 
     @property
     def unit(self) -> str:
-        return "pp" if self.metric == "test_acc" else "nats"
+        return "pp" if self.metric == "test_acc" else self.loss_unit
 
 
 @dataclass(frozen=True)

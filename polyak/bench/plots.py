@@ -2,6 +2,9 @@
 the highest seed: with 3 seeds a +-std band would say more than the data, and it stays positive
 on the log scale).
 
+A task whose metric is its loss (a user's regression or language model) is drawn as its test
+loss instead (``metric="loss"``; a log axis while every value is positive).
+
 Uses matplotlib's non-interactive Agg backend; nothing is shown, the PNG is written to a file.
 """
 
@@ -15,19 +18,25 @@ __all__ = ["ONE_PANEL", "PANELS", "error_curves", "log_ticks", "panels", "plot_t
            "error_figure"]
 
 
-def error_curves(runs: Sequence[Sequence[Mapping[str, float]]]
+def _test_value(record: Mapping[str, float], metric: str) -> float | None:
+    """The test error in % of a record, or its test loss for ``metric="loss"``."""
+    if metric == "loss":
+        return record["test_loss"]
+    return None if record["test_acc"] is None else 100.0 * (1.0 - record["test_acc"])
+
+
+def error_curves(runs: Sequence[Sequence[Mapping[str, float]]], metric: str = "accuracy"
                  ) -> tuple[list[int], list[float], list[float], list[float]]:
     """Epochs (0-based, as ``Method.end_epoch`` numbers them) and the mean, min and max over runs
-    of the test error in %, over the epochs every run reached and some run evaluated (the
-    benchmark evaluates 10 of them)."""
+    of the test error in % (``metric="loss"``: the test loss), over the epochs every run reached
+    and some run evaluated (the benchmark evaluates 10 of them)."""
     length = min(len(curve) for curve in runs)
     epochs: list[int] = []
     means: list[float] = []
     lows: list[float] = []
     highs: list[float] = []
     for i in range(length):
-        values = [100.0 * (1.0 - curve[i]["test_acc"]) for curve in runs
-                  if curve[i]["test_acc"] is not None]
+        values = [v for curve in runs if (v := _test_value(curve[i], metric)) is not None]
         if not values:
             continue
         epochs.append(i)
@@ -114,20 +123,20 @@ def _y_limits(curves: Sequence[list[float]]) -> tuple[float, float] | None:
 
 
 def plot_test_error(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], title: str,
-                    path: str | Path) -> Path:
-    """Write a PNG of test error vs epoch (:func:`error_figure`)."""
+                    path: str | Path, metric: str = "accuracy") -> Path:
+    """Write a PNG of test error (or loss) vs epoch (:func:`error_figure`)."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = error_figure(curves, title)
+    fig = error_figure(curves, title, metric)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def error_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
-                      title: str):
+                 title: str, metric: str = "accuracy"):
     """The figure: a small selection of methods in one panel, more in one panel per paper
     (:func:`panels`); one line (mean over seeds) and band (min-max) per method; the error on a
     log axis with plain tick labels (1-2-5 series), epochs 0-based on integer ticks."""
@@ -136,7 +145,7 @@ def error_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    data = {m: error_curves(runs) for m, runs in curves.items() if runs}
+    data = {m: error_curves(runs, metric) for m, runs in curves.items() if runs}
     data = {m: d for m, d in data.items() if d[0]}
     groups = panels(list(data)) or {"": []}
     cols = min(2, len(groups))
@@ -154,6 +163,8 @@ def error_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
                     label=f"{method} (n={len(curves[method])})")
             ax.fill_between(epochs, low, high, color=colour[method], alpha=0.15, lw=0)
         limits = _y_limits([data[m][1] for m in members])
+        if any(v <= 0 for m in members for v in data[m][2]):  # a loss may reach 0 or below
+            limits = None
         if limits is not None:
             ax.set_yscale("log")
             ax.set_ylim(*limits)
@@ -163,7 +174,7 @@ def error_figure(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("epoch (0-based)")
-        ax.set_ylabel("test error (%)")
+        ax.set_ylabel("test loss" if metric == "loss" else "test error (%)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
     for ax in list(axes.flat)[len(groups):]:

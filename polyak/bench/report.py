@@ -18,6 +18,10 @@ counts in words. Below the claims, a card per paper: what it ran, what polyak ra
 values, and any tuned at the end of its grid), and every remaining deviation
 (:mod:`polyak.bench.cards`).
 
+A user's own task (:mod:`polyak.bench.own_report`) opens with a recommendation, and its claims
+section is "the papers' comparisons on your task"; when the task's metric is its loss the table
+ranks by the final test loss (lower is better) and the claims are read on it.
+
 The report is Markdown: printed to stdout and written to ``<out>/report.md``, with the figures
 ``<out>/<task>-test-error.png`` beside it.
 """
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import polyak
-from polyak.bench import protocols
+from polyak.bench import own_report, protocols
 from polyak.bench.cards import cards_markdown
 from polyak.bench.claims import ALPHA, Claim, ClaimResult, evaluate_claims
 from polyak.bench.plots import plot_test_error
@@ -78,6 +82,9 @@ class TaskReport:
     troubles: dict[str, str] = field(default_factory=dict)
     unread: int = 0   # claims of the protocols not evaluated: an arm was not run
     outside: str = ""  # why the papers' claims do not cover this task (Task.outside_claims)
+    metric: str = "accuracy"  # or "loss": a user's task whose loss is its metric
+    own: bool = False  # a user's task: recommendation first, the papers' comparisons on it
+    dropped: list[Claim] = field(default_factory=list)  # claims not read on a loss metric
 
 
 def baseline_of(spec: str) -> str | None:
@@ -123,17 +130,21 @@ def collect(store: Store, keys: Sequence[Any]) -> dict[str, dict[str, list[dict[
     return out
 
 
-def _best_epoch(curves: list[Curve]) -> int | None:
+def _best_epoch(curves: list[Curve], metric: str = "accuracy") -> int | None:
     if not curves:
         return None
     length = min(len(c) for c in curves)
+    if metric == "loss":  # the lowest mean validation loss (epochs not evaluated: None)
+        means = [sum(math.inf if c[i]["val_loss"] is None else c[i]["val_loss"]
+                     for c in curves) / len(curves) for i in range(length)]
+        return min(range(length), key=lambda i: (means[i], i)) if length else None
     means = [sum(c[i]["val_acc"] or 0.0 for c in curves) / len(curves) for i in range(length)]
     return max(range(length), key=lambda i: (means[i], -i)) if length else None
 
 
-def _method_row(method: str, runs: list[dict[str, Any]]) -> MethodRow:
+def _method_row(method: str, runs: list[dict[str, Any]], metric: str = "accuracy") -> MethodRow:
     done = [r for r in runs if r["status"] == "complete" and r["curve"]]
-    acc = [100.0 * r["curve"][-1]["test_acc"] for r in done]
+    acc = [100.0 * r["curve"][-1]["test_acc"] for r in done] if metric == "accuracy" else []
     nll = [r["curve"][-1]["test_loss"] for r in done]
     times = [r["wall_time"] for r in runs if r["wall_time"] is not None]
     return MethodRow(
@@ -142,20 +153,22 @@ def _method_row(method: str, runs: list[dict[str, Any]]) -> MethodRow:
         failed=sum(r["status"] == "failed" for r in runs),
         acc_mean=mean_std(acc)[0], acc_std=mean_std(acc)[1],
         nll_mean=mean_std(nll)[0], nll_std=mean_std(nll)[1],
-        best_epoch=_best_epoch([r["curve"] for r in done]),
+        best_epoch=_best_epoch([r["curve"] for r in done], metric),
         time_per_run=sum(times) / len(times) if times else math.nan)
 
 
 def task_report(task: str, epochs: int, description: str,
                 runs_by_method: Mapping[str, list[dict[str, Any]]],
                 claims: Sequence[Claim] | None = None, baseline: str | None = None,
-                num_classes: int | None = None) -> TaskReport:
+                num_classes: int | None = None, metric: str = "accuracy") -> TaskReport:
     """Rows (ranked, with the baseline tests) and claim verdicts of one task. ``claims``: by
     default the protocols' claims whose two arms both ran; ``baseline``: the method every
     other one is tested against (default: each method's own); ``num_classes``: for the chance
-    level below which a run counts as collapsed."""
-    rows = [_method_row(m, runs) for m, runs in runs_by_method.items()]
-    ranked = sorted((r for r in rows if r.complete), key=lambda r: -r.acc_mean)
+    level below which a run counts as collapsed; ``metric``: "loss" ranks and compares by the
+    test loss and reads the claims on it (:func:`polyak.bench.own_report.claims_on_loss`)."""
+    rows = [_method_row(m, runs, metric) for m, runs in runs_by_method.items()]
+    ranked = sorted((r for r in rows if r.complete),
+                    key=lambda r: r.nll_mean if metric == "loss" else -r.acc_mean)
     for rank, row in enumerate(ranked, 1):
         row.rank = rank
     rows = ranked + [r for r in rows if not r.complete]
@@ -164,7 +177,7 @@ def task_report(task: str, epochs: int, description: str,
     curves = {m: [r["curve"] for r in rs] for m, rs in done.items()}
     seeds = {m: [r.get("seed", (m, i)) for i, r in enumerate(rs)]  # no seed: never paired
              for m, rs in done.items()}
-    finals = {m: {s: 100.0 * c[-1]["test_acc"] for s, c in zip(seeds[m], curves[m])}
+    finals = {m: {s: own_report.final_score(c, "test", metric) for s, c in zip(seeds[m], curves[m])}
               for m in curves}
     for row in rows:
         options = [baseline] if baseline is not None else protocols.baselines_of(row.method)
@@ -180,10 +193,13 @@ def task_report(task: str, epochs: int, description: str,
     if claims is None:
         claims = protocols.claims_of(set(runs_by_method))
         unread = len(protocols.CLAIMS) - len(claims)
+    dropped: list[Claim] = []
+    if metric == "loss":
+        claims, dropped = own_report.claims_on_loss(claims)
     troubles = troubles_of(runs_by_method, num_classes)
     results = evaluate_claims(claims, curves, epochs, seeds=seeds, troubles=troubles)
     return TaskReport(task, epochs, description, rows, results, curves, seeds=seeds,
-                      troubles=troubles, unread=unread)
+                      troubles=troubles, unread=unread, metric=metric, dropped=dropped)
 
 
 def _compare(a: dict[Any, float], b: dict[Any, float]) -> Any:
@@ -209,18 +225,24 @@ def _p(p: float) -> str:
 
 
 def _rows_markdown(report: TaskReport) -> list[str]:
+    loss = report.metric == "loss"  # the loss is the metric: no accuracy column
     lines = ["| rank | method | runs | test acc (%) | test NLL | best epoch | s/run "
              "| baseline | Δ acc (pp) [95% CI] | p |",
-             "|---:|---|---|---:|---:|---:|---:|---|---:|---:|"]
+             "|---:|---|---|---:|---:|---:|---:|---|---:|---:|"] if not loss else [
+             "| rank | method | runs | test loss | best epoch | s/run | baseline "
+             "| Δ loss [95% CI] | p |", "|---:|---|---|---:|---:|---:|---|---:|---:|"]
     for r in report.rows:
         runs = f"{r.complete}"
         runs += f" (+{r.diverged} diverged)" if r.diverged else ""
         runs += f" (+{r.failed} failed)" if r.failed else ""
         test = r.vs_baseline
-        vs = (f"{test.diff:+.2f} {_ci(test.low, test.high)}", _p(test.p)) if test else ("—", "—")
+        digits = 4 if loss else 2
+        vs = (f"{test.diff:+.{digits}f} {_ci(test.low, test.high, digits)}", _p(test.p)) \
+            if test else ("—", "—")
         time = "—" if math.isnan(r.time_per_run) else f"{r.time_per_run:.1f}"
+        acc = "" if loss else f"{_pm(r.acc_mean, r.acc_std, 2)} | "
         lines.append(
-            f"| {r.rank or '—'} | {r.method} | {runs} | {_pm(r.acc_mean, r.acc_std, 2)} | "
+            f"| {r.rank or '—'} | {r.method} | {runs} | {acc}"
             f"{_pm(r.nll_mean, r.nll_std, 4)} | {'—' if r.best_epoch is None else r.best_epoch} | "
             f"{time} | "
             f"{r.baseline or '—'} | {vs[0]} | {vs[1]} |")
@@ -242,7 +264,9 @@ def _claims_markdown(report: TaskReport) -> list[str]:
     for res in report.claims:
         c = res.claim
         where = "final" if c.at == 1.0 else f"epoch {max(1, round(c.at * report.epochs))}"
-        metric = f"{'test acc' if c.metric == 'test_acc' else 'test NLL'} ({where})"
+        name = "test acc" if c.metric == "test_acc" else \
+            "test NLL" if c.loss_unit == "nats" else "test loss"
+        metric = f"{name} ({where})"
         if c.direction == "matches":
             metric += f", ±{c.margin:g} {c.unit}"
         digits = 2 if c.unit == "pp" else 4
@@ -305,10 +329,15 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
     lines = [f"# polyak benchmark report (polyak {polyak.__version__})", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     for rep in reports:
-        lines += [f"## {rep.task} ({rep.epochs} epochs)", "", rep.description, "",
-                  "Final test accuracy and NLL of the weights each method reports, mean ± std "
+        lines += [f"## {rep.task} ({rep.epochs} epochs)", "", rep.description, ""]
+        if rep.own:
+            lines += own_report.recommendation(rep)
+        lines += ["Final test accuracy and NLL of the weights each method reports, mean ± std "
                   "over seeds; Δ acc: paired t-test over the common seeds against the "
-                  "method's baseline (unadjusted p).", ""]
+                  "method's baseline (unadjusted p)." if rep.metric != "loss" else
+                  "Final test loss (the task's metric: lower is better) of the weights each "
+                  "method reports, mean ± std over seeds, ranked by it; Δ loss: paired t-test "
+                  "over the common seeds against the method's baseline (unadjusted p).", ""]
         lines += _rows_markdown(rep) + [""]
         missing = sorted({r.baseline.split()[0] for r in rep.rows
                           if r.baseline and r.baseline.endswith("(not run)")})
@@ -320,7 +349,9 @@ def to_markdown(reports: Sequence[TaskReport], notes: Sequence[str] = ()) -> str
             lines += [f"![test error of {rep.task}]({rep.figure.name})", "",
                       "The curves show the epochs at which the runs evaluated the reported "
                       f"weights (full test set, BatchNorm recalibrated): {_evaluated(rep)}.", ""]
-        lines += ["### Paper claims", ""]
+        lines += [f"### {own_report.CLAIMS_TITLE if rep.own else 'Paper claims'}", ""]
+        if rep.own:
+            lines += own_report.claims_intro(rep.metric, rep.dropped)
         if rep.outside:
             lines += [f"**Outside the papers' claims:** {rep.task} is not in the papers' "
                       f"regime ({rep.outside}); the verdicts below describe this task, not the "
@@ -360,7 +391,8 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
     ``tasks`` maps a task name to its (epochs, description); ``claims``, ``baseline`` as in
     :func:`task_report`; ``extras`` maps a task name to ``num_classes``, ``tuned`` (method ->
     the values it ran with) and ``edges`` (method -> tuned values at a grid's end) for the
-    chance level and the protocol cards.
+    chance level and the protocol cards, ``metric`` ("accuracy" or "loss") and ``own`` (a
+    user's task).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -369,13 +401,15 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
     for task, by_method in collected.items():
         epochs, description = tasks[task]
         extra = (extras or {}).get(task, {})
+        metric = str(extra.get("metric", "accuracy"))
         rep = task_report(task, epochs, description, by_method, claims, baseline,
-                          num_classes=extra.get("num_classes"))
+                          num_classes=extra.get("num_classes"), metric=metric)
         rep.tuned, rep.edges = dict(extra.get("tuned", {})), dict(extra.get("edges", {}))
-        rep.outside = str(extra.get("outside_claims", ""))
+        rep.outside, rep.own = str(extra.get("outside_claims", "")), bool(extra.get("own"))
         if any(rep.curves.values()):
-            rep.figure = plot_test_error(rep.curves, f"{task}: test error ({epochs} epochs)",
-                                         out_dir / f"{task}-test-error.png")
+            what = "test loss" if metric == "loss" else "test error"
+            rep.figure = plot_test_error(rep.curves, f"{task}: {what} ({epochs} epochs)",
+                                         out_dir / f"{task}-test-error.png", metric=metric)
         reports.append(rep)
     text = to_markdown(reports, notes)
     tmp = out_dir / "report.md.tmp"

@@ -165,10 +165,16 @@ def _describe(job: Job, result: RunResult) -> str:
     if result.status == "failed":
         return f"[red]failed[/] {job.spec} seed {job.seed}"
     last = result.records[-1] if result.records else {}
-    val, test = (100 * (last.get(k) or float("nan")) for k in ("val_acc", "test_acc"))
     state = "[green]done[/]" if result.status == "complete" else "[yellow]diverged[/]"
-    return (f"{state} {job.task.name} {job.spec} seed {job.seed}{_resumed(result)}: val acc "
-            f"{val:.2f}%, test acc {test:.2f}% ({result.wall_time:.1f} s)")
+    if job.task.metric == "loss":  # the loss is the task's metric
+        val, test = (last.get(k) if last.get(k) is not None else float("nan")
+                     for k in ("val_loss", "test_loss"))
+        scores = f"val loss {val:.4g}, test loss {test:.4g}"
+    else:
+        val, test = (100 * (last.get(k) or float("nan")) for k in ("val_acc", "test_acc"))
+        scores = f"val acc {val:.2f}%, test acc {test:.2f}%"
+    return (f"{state} {job.task.name} {job.spec} seed {job.seed}{_resumed(result)}: {scores} "
+            f"({result.wall_time:.1f} s)")
 
 
 def _resumed(result: RunResult) -> str:

@@ -28,6 +28,12 @@ A task's ``description`` may hold the placeholders of :data:`PLACEHOLDERS` (``{e
 ``{evaluated}``, ``{run_time}``); :meth:`Task.describe` fills them for the budget a run has, from
 ``budget_note`` (why the default budget is what it is) and ``run_seconds`` (a run at the default
 budget, measured), so a report of ``--epochs 5`` says 5 epochs.
+
+A user's own task (``polyak bench --tasks FILE.py:NAME``, :mod:`polyak.bench.user_tasks`) is a
+Task too: ``user`` holds its code (the file's text, shipped with the pickled task) and its
+identity (code hash or version, data hash, ...), which replaces the data loader's and model's
+names in :meth:`Task.config`; ``metric`` is ``"accuracy"`` (every built-in task) or ``"loss"``
+(the loss is the metric, lower is better).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ TUNED_DIR = Path(__file__).parent / "tuned"
 EPOCH_COUNTED = frozenset({"switch_epoch", "avg_start"})  # rescaled with the budget
 NO_TUNED_FILE = Path("/dev/null/untuned.json")  # a tuned_path that never exists: defaults
 KINDS = ("classification", "lm")
+METRICS = ("accuracy", "loss")  # what runs are compared on (higher / lower is better)
 _SPLITS_CACHE: dict[str, Splits] = {}
 
 
@@ -83,6 +90,8 @@ class Task:
     run_seconds: float | None = None            # a run at ``epochs`` on 1 CPU thread, measured
     data_dir: str | None = None                 # run time: where the loader looks first
     device: str = "cpu"                         # run time: "cpu" or "cuda[:N]"
+    user: Any = None                            # a user's task: its UserCode (user_tasks)
+    metric: str = "accuracy"                    # "accuracy" or "loss" (lower is better)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "seeds", "eval_batch_size"):
@@ -95,6 +104,8 @@ class Task:
             raise ValueError(f"Invalid crop: {self.crop!r} (allowed: an integer >= 0)")
         if self.device_hint not in ("cpu", "gpu"):
             raise ValueError(f"Invalid device_hint: {self.device_hint!r} (allowed: cpu, gpu)")
+        if self.metric not in METRICS:
+            raise ValueError(f"Invalid metric: {self.metric!r} (allowed: {', '.join(METRICS)})")
         if self.kind == "lm" and (self.standardize or self.crop or self.flip):
             raise ValueError("Invalid augmentation for kind 'lm' (allowed: none)")
 
@@ -117,6 +128,9 @@ class Task:
 
     def config(self) -> dict[str, Any]:
         """Everything but the name that determines a run's result (JSON-serialisable)."""
+        if self.user is not None:  # a user's task: its code, data, metric... (user_tasks)
+            return {"user": json.loads(self.user.identity), "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, **self._extras()}
         return {
             "data": f"{self.data.__module__}.{self.data.__qualname__}",
             "data_kwargs": {k: self.data_kwargs[k] for k in sorted(self.data_kwargs)},
@@ -131,7 +145,7 @@ class Task:
         """The fields that differ from the defaults MNIST-1D tasks have (see the module doc)."""
         extras: dict[str, Any] = {}
         for name, default in (("kind", "classification"), ("standardize", False), ("crop", 0),
-                              ("flip", False), ("device", "cpu")):
+                              ("flip", False), ("device", "cpu"), ("metric", "accuracy")):
             if getattr(self, name) != default:
                 extras[name] = getattr(self, name)
         if self.device != "cpu":  # the GPU's index does not change a result
@@ -151,6 +165,8 @@ class Task:
 
     def load(self) -> Splits:
         """The task's splits, generated or read from the cache once per process."""
+        if self.user is not None:  # the user's function, run once per process
+            return self.user.splits()
         kwargs = self._loader_kwargs()
         config = self.config()
         key = json.dumps([config["data"], {k: str(v) for k, v in sorted(kwargs.items())},
@@ -196,9 +212,9 @@ class Task:
             raise ValueError(f"Invalid tuned hyper-parameter file {path}: {exc}") from None
 
     def num_classes(self) -> int | None:
-        """Classes of a classification task (None for a language model): the model's
-        ``num_classes`` when it states one, else the data's."""
-        if self.kind != "classification":
+        """Classes of a classification task (None for a language model or the loss metric):
+        the model's ``num_classes`` when it states one, else the data's."""
+        if self.kind != "classification" or self.metric != "accuracy":
             return None
         stated = self.model_kwargs.get("num_classes")
         return int(stated) if stated else int(self.load().num_classes)

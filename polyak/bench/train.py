@@ -33,6 +33,13 @@ deterministic). Character language models (``kind="lm"``) train by truncated BPT
 (:mod:`polyak.bench.lm`): chunks in text order, hidden state carried, no BatchNorm
 (``bn_loader=None``).
 
+A user's task (:mod:`polyak.bench.user_tasks`) brings its own model factory (called with the
+run's seed, after the seeding), loss (the batch mean; evaluation weights each batch by its
+size), augmentation (``augment(x, generator)`` on training batches, the generator seeded like
+the image tasks') and BatchNorm recalibration inputs. With its metric ``"loss"`` no accuracy is
+computed (``None`` in the records), and a trigger that watches the validation accuracy (mode
+``"max"``: GadamAuto's) watches the negated validation loss: the same plateau as the loss's.
+
 On CUDA (``task.device``) the splits are moved to the GPU once per process, and the model is
 wrapped by :func:`~polyak.bench.device.prepare_model` (bf16 autocast when ``task.autocast``,
 channels-last); the batch order is still drawn on the CPU. GPU runs are seeded the same way but
@@ -78,6 +85,7 @@ CURVE_POINTS = 10  # epochs of a run at which the reported weights are evaluated
 _AUGMENT_SEED = 0x5EED  # the augmentation generator is seeded with seed + this
 _DEVICE_CACHE: dict[tuple[int, str], tuple[Splits, torch.Tensor, torch.Tensor]] = {}
 Transform = Callable[[torch.Tensor], torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Batches:
@@ -139,8 +147,11 @@ def build_method(task: Task, spec: str, model: nn.Module, epochs: int, steps_per
                          steps_per_epoch=steps_per_epoch, **resolve_overrides(task, spec, epochs))
 
 
-def make_model(task: Task, splits: Splits) -> nn.Module:
-    """A fresh model of the task (a language model gets ``vocab_size`` from the data)."""
+def make_model(task: Task, splits: Splits, seed: int = 0) -> nn.Module:
+    """A fresh model of the task (a language model gets ``vocab_size`` from the data; a user's
+    task's factory gets ``seed``)."""
+    if task.user is not None:
+        return task.user.load().task.model(seed)
     kwargs = dict(task.model_kwargs)
     if task.kind == "lm":
         kwargs.setdefault("vocab_size", splits.num_classes)
@@ -172,7 +183,17 @@ def transforms(task: Task, mean: torch.Tensor | None, std: torch.Tensor | None, 
                device: torch.device) -> tuple[Any, Transform | None]:
     """(training transform, evaluation transform) of an image task, ``None`` where the inputs
     are used as they are. The training one crops/flips with its own generator on ``device``,
-    seeded with ``seed + 0x5EED``, then standardizes; the evaluation one only standardizes."""
+    seeded with ``seed + 0x5EED``, then standardizes; the evaluation one only standardizes.
+    A user's task: its ``augment`` with that generator, and no evaluation transform."""
+    augment_fn = task.user.load().task.augment if task.user is not None else None
+    if augment_fn is not None:
+        user_gen = torch.Generator(device=device).manual_seed(seed + _AUGMENT_SEED)
+
+        def user_tf(x: torch.Tensor) -> torch.Tensor:
+            return augment_fn(x, user_gen)
+
+        user_tf.generator = user_gen  # type: ignore[attr-defined]
+        return user_tf, None
     if mean is None and not (task.crop or task.flip):
         return None, None
     if mean is None:  # crop/flip without standardization: mean 0, std 1 (broadcast)
@@ -192,9 +213,12 @@ def transforms(task: Task, mean: torch.Tensor | None, std: torch.Tensor | None, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             transform: Transform | None = None) -> tuple[float, float]:
+             transform: Transform | None = None, loss: Loss | None = None,
+             accuracy: bool = True) -> tuple[float, float | None]:
     """Mean NLL and accuracy of ``model`` (in eval mode) on ``(x, y)`` (each input batch passed
-    through ``transform`` first when given)."""
+    through ``transform`` first when given); with ``loss`` (a batch-mean loss) the mean of
+    that loss over the examples instead of the NLL, and accuracy ``None`` unless
+    ``accuracy``."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -206,19 +230,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         xb = x[i:i + batch_size]
         out = model(xb if transform is None else transform(xb))
         target = y[i:i + batch_size]
-        loss_sum += F.cross_entropy(out, target, reduction="sum").item()
-        correct += int((out.argmax(1) == target).sum())
+        if loss is None:
+            loss_sum += F.cross_entropy(out, target, reduction="sum").item()
+        else:
+            loss_sum += loss(out, target).item() * len(target)
+        if accuracy:
+            correct += int((out.argmax(1) == target).sum())
     model.train(was_training)
     if is_distributed():
         loss_sum, correct = ddp.global_sums(loss_sum, correct)
-    return loss_sum / total, correct / total
+    return loss_sum / total, (correct / total if accuracy else None)
 
 
 def train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int, generator: torch.Generator,
-                 transform: Transform | None = None) -> tuple[float, float]:
+                 transform: Transform | None = None, loss_fn: Loss | None = None,
+                 accuracy: bool = True) -> tuple[float, float | None]:
     """One epoch in the order ``generator`` draws (on the CPU); each batch through ``transform``
-    (the augmentation) when given; (mean loss, accuracy) of the clean forward passes.
+    (the augmentation) when given; (mean loss, accuracy) of the clean forward passes. The loss
+    is cross-entropy, or ``loss_fn`` (a batch mean) when given; accuracy ``None`` unless
+    ``accuracy``.
 
     Under DDP (``model`` a ``DistributedDataParallel``) each rank takes its part of every global
     batch and scales its loss (:func:`polyak.bench.ddp.local_part`); the epoch's sums are
@@ -237,17 +268,19 @@ def train_epoch(method: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb, first: list = first,
                     scale: float = scale) -> torch.Tensor:
             out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            loss = F.cross_entropy(out, yb) if loss_fn is None else loss_fn(out, yb)
             if first[0]:
                 first[0] = False
                 loss_sum.add_(loss.detach() * len(yb))
-                correct.add_((out.detach().argmax(1) == yb).sum())
+                if accuracy:
+                    correct.add_((out.detach().argmax(1) == yb).sum())
             return loss if scale == 1.0 else loss * scale
 
         method.step(closure)
     if is_distributed():
-        return tuple(v / len(x) for v in ddp.global_sums(loss_sum.item(), correct.item()))
-    return loss_sum.item() / len(x), correct.item() / len(x)
+        total, hits = ddp.global_sums(loss_sum.item(), correct.item())
+        return total / len(x), (hits / len(x) if accuracy else None)
+    return loss_sum.item() / len(x), (correct.item() / len(x) if accuracy else None)
 
 
 def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
@@ -267,14 +300,26 @@ def _loop(task: Task, splits: Splits, model: nn.Module, method: Any, seed: int,
                 lambda x, y: evaluate_lm(model, x, y, eval_size), None, {})
     order = torch.Generator().manual_seed(seed)  # the batch order, drawn on the CPU
     train_tf, eval_tf = transforms(task, mean, std, seed, splits.x_train.device)
-    bn_loader = Batches(splits.x_train, splits.y_train, size, eval_tf)
+    bn_loader = _bn_batches(task, splits, size, eval_tf)
     generators = {"order": order}
     if train_tf is not None and getattr(train_tf, "generator", None) is not None:
         generators["augment"] = train_tf.generator
+    loss_fn = task.user.load().task.loss if task.user is not None else None
+    accuracy = task.metric == "accuracy"
     return (lambda: train_epoch(method, net, splits.x_train, splits.y_train, size, order,
-                                 train_tf),
-            lambda x, y: evaluate(model, x, y, eval_size, eval_tf),
+                                 train_tf, loss_fn, accuracy),
+            lambda x, y: evaluate(model, x, y, eval_size, eval_tf, loss_fn, accuracy),
             ddp.RankBatches(bn_loader) if is_distributed() else bn_loader, generators)
+
+
+def _bn_batches(task: Task, splits: Splits, size: int, transform: Transform | None) -> Batches:
+    """The BatchNorm recalibration batches: the training inputs, or a user task's
+    ``bn_data`` (with placeholder targets: recalibration reads only the inputs)."""
+    bn_data = task.user.load().task.bn_data if task.user is not None else None
+    if bn_data is None:
+        return Batches(splits.x_train, splits.y_train, size, transform)
+    bn_data = bn_data.to(splits.x_train.device)
+    return Batches(bn_data, torch.zeros(len(bn_data), dtype=torch.long), size, transform)
 
 
 def run_config(task: Task, spec: str, epochs: int | None = None) -> str:
@@ -355,6 +400,15 @@ def _versions(model: nn.Module) -> list[int]:
     return [t._version for t in (*model.parameters(), *model.buffers())]
 
 
+def _watched(live_val: tuple[float, float | None] | None) -> dict[str, float | None]:
+    """``end_epoch``'s validation keywords: a loss-only task's accuracy watchers (mode "max")
+    watch the negated loss (the same plateau as watching the loss)."""
+    if live_val is None:
+        return {"val_loss": None, "val_acc": None}
+    acc = live_val[1] if live_val[1] is not None else -live_val[0]
+    return {"val_loss": live_val[0], "val_acc": acc}
+
+
 def _val_for_triggers(method: Any, score: Callable[..., tuple[float, float]], splits: Splits,
                       bn_loader: Any) -> tuple[float, float] | None:
     """The validation (loss, accuracy) ``end_epoch`` needs when a trigger watches one: of the
@@ -398,7 +452,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
     epochs = task.epochs if epochs is None else epochs
     splits, mean, std = task_splits(task)
     seed_everything(seed)
-    model = make_model(task, splits)
+    model = make_model(task, splits, seed)
     if sync_bn:
         model = ddp.convert_sync_bn(model, task.device)
     model = prepare_model(model, task.device, autocast=task.autocast)
@@ -418,7 +472,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
             result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
             break
         live_val = _val_for_triggers(method, score, splits, bn_loader)
-        if not all(math.isfinite(v) for v in (train_loss, *(live_val or ()))):
+        if not all(math.isfinite(v) for v in (train_loss, *(live_val or ())) if v is not None):
             result.status, result.error = "diverged", f"non-finite loss in epoch {epoch}"
             break
         why = exploded(train_loss, splits.num_classes)
@@ -428,8 +482,7 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
             break
         versions = _versions(model)
         try:
-            method.end_epoch(epoch, val_loss=live_val and live_val[0],
-                             val_acc=live_val and live_val[1], bn_loader=bn_loader)
+            method.end_epoch(epoch, **_watched(live_val), bn_loader=bn_loader)
         except NonFiniteWeights as exc:  # an average refused NaN/Inf weights
             result.status, result.error = "diverged", f"non-finite value in epoch {epoch}: {exc}"
             break

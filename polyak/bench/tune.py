@@ -22,9 +22,11 @@ decoupled weight decay per unit lr, multiples of the shared lr): see
 Fairness: every stage gets the same trial budget (``trials``, default the largest grid, so every
 grid is run completely; a larger grid is sampled by the seeded ``GridSampler``), the same seeds
 and epochs, and is selected on the mean final validation accuracy of the weights the method
-reports (ties: the lower mean validation NLL; a diverged run counts as accuracy 0). The test
-split is never read. A winner at the edge of its grid (the best lr is the largest tried) is
-recorded in ``edges``: the report and the tuned file say so.
+reports (ties: the lower mean validation NLL; a diverged run counts as accuracy 0); on a task
+whose metric is its loss (a user's regression or language model), on the lowest mean final
+validation loss (a diverged run counts as an infinite loss). The test split is never read. A
+winner at the edge of its grid (the best lr is the largest tried) is recorded in ``edges``: the
+report and the tuned file say so.
 
 Resuming: the runs are the store's (identity: task, spec, seed, epochs, config), so an interrupted
 tuning re-run with the same command asks the same trials (the samplers are seeded) and runs only
@@ -56,6 +58,8 @@ __all__ = ["TuneResult", "Trial", "plan_methods", "grid_of", "pick_best", "tune"
 
 SELECTION = ("max mean final validation accuracy of the reported weights over the seeds "
              "(ties: lower mean validation NLL; diverged = accuracy 0); test split not read")
+SELECTION_LOSS = ("min mean final validation loss (the task's metric) of the reported weights "
+                  "over the seeds (diverged = infinite loss); test split not read")
 
 
 @dataclass
@@ -161,7 +165,8 @@ def _score(store: Store, trial: Trial) -> None:
     for job in trial.jobs:
         run = store.run(job.key)
         curve = store.metrics(run["id"]) if run and run["status"] == "complete" else []
-        accs.append(curve[-1]["val_acc"] if curve else 0.0)
+        acc = curve[-1]["val_acc"] if curve else 0.0
+        accs.append(math.nan if acc is None else acc)  # None: a loss-only task
         loss = curve[-1]["val_loss"] if curve else math.inf
         losses.append(loss if loss is not None and math.isfinite(loss) else math.inf)
     trial.val_acc, trial.val_loss = sum(accs) / len(accs), sum(losses) / len(losses)
@@ -177,8 +182,11 @@ def _tell(study: Any, trial: Any, value: float) -> None:
             raise
 
 
-def pick_best(trials: Sequence[Trial]) -> Trial:
-    """The trial with the highest mean validation accuracy, then the lowest mean NLL."""
+def pick_best(trials: Sequence[Trial], metric: str = "accuracy") -> Trial:
+    """The trial with the highest mean validation accuracy, then the lowest mean NLL; with
+    ``metric="loss"`` the lowest mean validation loss."""
+    if metric == "loss":
+        return min(trials, key=lambda t: t.val_loss)
     return max(trials, key=lambda t: (t.val_acc, -t.val_loss))
 
 
@@ -251,10 +259,10 @@ def _run_stage(store: Store, task: Task, batch: dict[str, tuple[dict[str, list[A
     for method, (study, asked) in studies.items():
         for trial, record in asked:
             _score(store, record)
-            _tell(study, trial, record.val_acc)
+            _tell(study, trial, -record.val_loss if task.metric == "loss" else record.val_acc)
         done = [t for _, t in asked]
         result.trials.setdefault(method, []).extend(done)
-        best = pick_best(done).params
+        best = pick_best(done, task.metric).params
         result.edges.setdefault(method, []).extend(edges_of(batch[method][0], best))
         prog = state[method]
         prog.values = {**(prog.values or {}), **best}
@@ -305,7 +313,8 @@ def write_tuned(path: str | Path, task: Task, result: TuneResult, epochs: int, s
                              f"{data.get('epochs')} epochs (this is {task.name} at {epochs})")
     sizes = {m: len(ts) for m, ts in result.trials.items()}
     data.update(task=task.name, epochs=epochs, seeds=seeds, polyak_version=polyak.__version__,
-                selection=SELECTION, trials_per_method=max(sizes.values(), default=0)
+                selection=SELECTION_LOSS if task.metric == "loss" else SELECTION,
+                trials_per_method=max(sizes.values(), default=0)
                 if trials is None else trials)
     data.setdefault("commands", [])
     if command and command not in data["commands"]:
@@ -324,7 +333,8 @@ def write_tuned(path: str | Path, task: Task, result: TuneResult, epochs: int, s
                                  for hp in next(t for t in ts if t.stage == i).params}
                                 for i in stages]
         data["scores"][method] = [{"stage": t.stage, "params": t.params,
-                                   "val_acc": round(t.val_acc, 5),
+                                   "val_acc": round(t.val_acc, 5)
+                                   if math.isfinite(t.val_acc) else None,
                                    "val_loss": round(t.val_loss, 5)
                                    if math.isfinite(t.val_loss) else None} for t in ts]
     path.parent.mkdir(parents=True, exist_ok=True)

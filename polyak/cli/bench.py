@@ -45,12 +45,27 @@ def _positive(name: str, value: int | None) -> None:
 
 def _tasks(text: str | None, device: str = "cpu", data_dir: str | None = None) -> list:
     """The named tasks (default mnist1d-cnn) set to train on ``device`` and to look for their
-    data in ``data_dir`` first."""
+    data in ``data_dir`` first: built-in names, and the user's ``FILE.py:NAME`` /
+    ``module:NAME`` (:mod:`polyak.bench.user_tasks`: run and checked here, before any store is
+    opened)."""
     from polyak.bench.tasks import DEFAULT_TASK, get_task
+    from polyak.bench.user_tasks import is_user_spec, load_task
 
     names = split_specs(text) if text is not None else [DEFAULT_TASK]
-    return [get_task(name).replace(device=device, data_dir=data_dir)
-            for name in dict.fromkeys(names)]
+    found = [(load_task(name) if is_user_spec(name) else get_task(name))
+             .replace(device=device, data_dir=data_dir) for name in dict.fromkeys(names)]
+    seen: dict[str, str] = {}
+    for name, task in zip(dict.fromkeys(names), found):
+        if task.name in seen:
+            fail(f"Invalid tasks: {seen[task.name]} and {name} are both called {task.name} "
+                 "(a task's name is its function's: rename one)")
+        seen[task.name] = name
+    return found
+
+
+def _task_arg(task) -> str:
+    """How the command line names ``task`` (a user's task: its FILE.py:NAME)."""
+    return task.user.spec if task.user is not None else task.name
 
 
 def _with_tuned(tasks: list, text: str | None) -> list:
@@ -129,7 +144,8 @@ def _extras(keys, tasks) -> dict:
         task = by_name[key.task]
         extra = out.setdefault(key.task, {"num_classes": task.num_classes(), "tuned": {},
                                           "edges": task.tuned_edges(),
-                                          "outside_claims": task.outside_claims})
+                                          "outside_claims": task.outside_claims,
+                                          "metric": task.metric, "own": task.user is not None})
         if key.method not in extra["tuned"]:
             extra["tuned"][key.method] = resolve_overrides(task, key.method, key.epochs)
     return out
@@ -223,7 +239,9 @@ DATA_DIR_HELP = ("Directory to look in first for the datasets (and corpus.txt fo
 
 @app.command("bench")
 def bench_command(
-    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default mnist1d-cnn)."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks: built-in names, or "
+                              "your own FILE.py:NAME / module:NAME (docs/own-task.md; default "
+                              "mnist1d-cnn)."),
     methods: str = typer.Option(None, "--methods",
                                 help="Comma-separated recipe specs (default: every paper method)."),
     seeds: int = typer.Option(None, "--seeds", help="Seeds per method (default: the task's, 3)."),
@@ -290,7 +308,8 @@ def bench_command(
 
 @app.command("report")
 def report_command(
-    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all stored)."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks, built-in or "
+                              "FILE.py:NAME (default: the built-in tasks stored)."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated specs (default: all)."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
     store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite run store to read."),
@@ -314,12 +333,14 @@ def report_command(
     _positive("epochs", epochs)
     specs = split_specs(methods) if methods is not None else None
     dev, where = _device(device, check=False), _data_dir(data_dir)
+    named = _tasks(tasks, dev, where) if tasks is not None else None  # checked before the store
     run_store = _open_store(store, must_exist=True)
-    task_list = _tasks(tasks, dev, where) if tasks is not None else \
+    task_list = named if named is not None else \
         [TASKS[name].replace(device=dev, data_dir=where) for name in run_store.tasks()
          if name in TASKS]
     task_list = _with_tuned(task_list, tuned)
-    keys, notes = _keys_by_budget(run_store, task_list, specs, epochs, store)
+    others = [] if named is not None else [n for n in run_store.tasks() if n not in TASKS]
+    keys, notes = _keys_by_budget(run_store, task_list, specs, epochs, store, others)
     if baseline is not None and not any(k.method == baseline for k in keys):
         fail(f"Invalid baseline: {baseline!r} has no runs in this report (methods: "
              f"{', '.join(sorted({k.method for k in keys}))})")
@@ -327,9 +348,11 @@ def report_command(
     return 0
 
 
-def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store: str):
+def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store: str,
+                    others: list[str] = ()):
     """(run keys, report notes): per task the asked budget, else its own or the largest stored;
-    a one-line error naming the budgets in the store when nothing matches."""
+    a one-line error naming the budgets in the store when nothing matches. ``others``: tasks
+    of the store that are not built in (a user's: reported with ``--tasks FILE.py:NAME``)."""
     from polyak.bench.report import budgets_in_store, keys_in_store
 
     keys: list = []
@@ -348,7 +371,13 @@ def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store
                                  f"has runs of {', '.join(map(str, others))} epochs "
                                  f"(`polyak report --epochs N`)")
                 break
+    if others:
+        notes.append(f"the store also has runs of {', '.join(others)} (your own task: report it "
+                     "with --tasks FILE.py:NAME)")
     if not keys:
+        if others and not found:
+            fail(f"No runs of built-in tasks in {store}; it has runs of {', '.join(others)}: "
+                 "report them with --tasks FILE.py:NAME")
         what = f"{epochs} epochs" if epochs is not None else "any budget"
         have = "; ".join(f"{t}: {', '.join(map(str, b))} epochs" for t, b in found.items() if b)
         fail(f"No finished runs of {', '.join(found) or 'any task'} at {what} with the current "
@@ -359,7 +388,8 @@ def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store
 
 @app.command("tune")
 def tune_command(
-    task: str = typer.Option(None, "--task", help="Task to tune on (default mnist1d-cnn)."),
+    task: str = typer.Option(None, "--task", help="Task to tune on: a built-in name or your "
+                             "FILE.py:NAME (default mnist1d-cnn)."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated recipe names "
                                 "(default: every paper method; the recipes they share tuning "
                                 "with are tuned too)."),
@@ -402,7 +432,7 @@ def tune_command(
         fail(f"Invalid out: {path} is inside the installed package (its files are read only)")
     _writable_dir(checkpoint_dir, "--checkpoint-dir")
     run_store = _open_store(store)
-    command = shlex.join(["polyak", "tune", "--task", the_task.name, "--methods",
+    command = shlex.join(["polyak", "tune", "--task", _task_arg(the_task), "--methods",
                           ",".join(specs), "--seeds", str(seeds), "--epochs", str(n_epochs)]
                          + (["--trials", str(trials)] if trials is not None else [])
                          + (["--device", the_task.device] if the_task.device != "cpu" else []))
@@ -422,10 +452,14 @@ def tune_command(
         if method in result.shared:
             typer.echo(f"{method}: {shown}  (from {result.shared[method]})")
             continue
+        n_trials = len(result.trials[method])
+        if the_task.metric == "loss":
+            best = min(t.val_loss for t in result.trials[method])
+            typer.echo(f"{method}: {shown}  (best val loss {best:.4g} of {n_trials} trials)")
+            continue
         best = max(t.val_acc for t in result.trials[method])
-        typer.echo(f"{method}: {shown}  (best val acc {100 * best:.2f}% of "
-                   f"{len(result.trials[method])} trials)")
+        typer.echo(f"{method}: {shown}  (best val acc {100 * best:.2f}% of {n_trials} trials)")
     write_tuned(path, the_task, result, n_epochs, seeds, command, trials)
     typer.echo(f"tuned hyper-parameters written to {path}; use them with "
-               f"`polyak bench --tasks {the_task.name} --tuned {path}`", err=True)
+               f"`polyak bench --tasks {_task_arg(the_task)} --tuned {path}`", err=True)
     return 0

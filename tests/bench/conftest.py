@@ -29,3 +29,13 @@ def tiny_mlp_task(mnist1d_root):
         model_kwargs={"hidden": 16}, batch_size=64, epochs=2, eval_batch_size=100,
         tuned_path=mnist1d_root / "no-tuned-lrs.json",
     )
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """Empty caches of user task files, as in a new worker process (restored afterwards)."""
+    from polyak.bench import user_tasks
+
+    monkeypatch.setattr(user_tasks, "_LOADED", {})
+    monkeypatch.setattr(user_tasks, "_MODULES", {})
+
