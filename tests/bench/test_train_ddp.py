@@ -19,7 +19,10 @@ import torch.multiprocessing as mp
 
 from polyak.bench.train import train_run
 
-METHODS = ["swa", "pwa", "tso-alra", "sam-avg", "gadam-auto:patience=1", "sgdm"]
+# tso-alra at damping 1e-3: the bench's "tso-alra" is the TSO-ALRA paper's arm, whose damping
+# 1e-6 amplifies the order of the ranks' floating-point sums (relative 1e-7) into 6e-5 of the
+# validation loss after an epoch on this tiny MLP: the runs agree, but not to 1e-5
+METHODS = ["swa", "pwa", "tso-alra:damping=0.001", "sam-avg", "gadam-auto:patience=1", "sgdm"]
 EPOCHS = 3
 
 
