@@ -452,6 +452,9 @@ def tune_command(
         if method in result.shared:
             typer.echo(f"{method}: {shown}  (from {result.shared[method]})")
             continue
+        if method not in result.trials:   # its paper fixed every value (PWA's lr 0.1)
+            typer.echo(f"{method}: not tuned (its paper's settings)")
+            continue
         n_trials = len(result.trials[method])
         if the_task.metric == "loss":
             best = min(t.val_loss for t in result.trials[method])

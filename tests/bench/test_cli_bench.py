@@ -107,6 +107,13 @@ def test_tune_writes_the_json_and_bench_reads_it(capsys, tmp_path, tiny):
     assert [s["stage"] for s in data["scores"]["sgdm@gadam"]] == [0, 0, 1, 1]
     assert set(data["tuned"]["sgdm@gadam"]) == {"lr", "weight_decay"}
     assert "sgd: lr=" in stdout and "(from sgdm@gadam)" in stdout
+    # an arm whose paper fixed every value is listed, not tuned (it crashed the command)
+    code, stdout, err = run(capsys, "tune", "--task", "tiny", "--methods", "sgdm@pwa,sgd",
+                            "--trials", "1", "--epochs", "1", "--workers", "1", "--store",
+                            str(tmp_path / "t.sqlite"), "--out", str(tmp_path / "t2.json"),
+                            "--no-progress")
+    assert code == 0, err
+    assert "sgdm@pwa: not tuned (its paper's settings)" in stdout
     code, stdout, err = run(capsys, "bench", "--tasks", "tiny", "--methods", "swa", "--seeds",
                             "1", "--epochs", "1", "--workers", "1", "--tuned", str(out),
                             "--store", str(tmp_path / "b.sqlite"), "--out",
