@@ -135,7 +135,6 @@ class SharedJob:
     task = property(lambda self: self.members[0].task)
     seed = property(lambda self: self.members[0].seed)
     epochs = property(lambda self: self.members[0].epochs)
-    spec = property(lambda self: " + ".join(j.spec for j in self.members))
 
     @property
     def keys(self) -> tuple[Any, ...]:
