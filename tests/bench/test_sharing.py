@@ -191,6 +191,16 @@ def test_a_member_diverges_alone(tiny_task, tmp_path, monkeypatch):
     assert status == "diverged" and "epoch 2: fake NaN" in error and len(rows) == 2
 
 
+def test_a_diverging_trajectory_ends_every_member_as_its_own_run(tiny_task, tmp_path):
+    methods = ["sgdm@pwa:lr=1e30", "pwa-end-only:lr=1e30", "sgdm+ema:schedule=step,lr=1e30"]
+    jobs = plan_grid([tiny_task], methods, seeds=1, epochs=6)
+    assert len(sharing.units(jobs)) == 1
+    shared, got = bench(tmp_path, "shared", jobs)
+    _, want = bench(tmp_path, "alone", plan_grid([tiny_task], methods, seeds=1, epochs=6,
+                                                 share=False))
+    assert shared.diverged == 3 and got == want
+
+
 def test_groups_through_the_pool(tiny_task, tmp_path, monkeypatch):
     """The pool's scheduling with a thread standing in for the spawned processes."""
     jobs = plan_grid([tiny_task], ["sgd", *GROUPED[:2]], seeds=2, epochs=2)
