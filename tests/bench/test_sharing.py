@@ -325,3 +325,24 @@ def test_groups_through_ray_store_what_separate_local_runs_store(tiny_task, tmp_
     _, want = bench(tmp_path, "alone", plan_grid([tiny_task], ["sgd", *GROUPED[:2]], seeds=2,
                                                  epochs=3, share=False))
     assert got == want
+
+
+def test_a_group_checkpoint_is_checked_then_dropped_once_a_member_is_finished(tiny_task,
+                                                                              tmp_path):
+    from polyak.bench.train import RunResult
+
+    jobs = plan_grid([tiny_task], GROUPED[:2], seeds=1, epochs=2,
+                     resume=ResumePolicy(tmp_path / "ck"))
+    (group,) = sharing.units(jobs)
+    with Store(tmp_path / "s.sqlite") as store:
+        group.checkpoint.path.parent.mkdir(parents=True)
+        group.checkpoint.path.write_bytes(b"garbage")
+        with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+            runner.check_checkpoints(store, jobs)  # before anything runs, naming the file
+        group.checkpoint.save({"epoch": 0})
+        runner.check_checkpoints(store, jobs)
+        assert group.checkpoint.path.exists()  # the group's, unfinished: kept
+        store.claim(jobs[0].key)
+        store.finish(jobs[0].key, RunResult("complete", []))
+        runner.check_checkpoints(store, jobs)  # the rest trains without it
+        assert not group.checkpoint.path.exists()
