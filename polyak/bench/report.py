@@ -412,6 +412,12 @@ def write_report(store: Store, keys: Sequence[Any], out_dir: str | Path,
                                          out_dir / f"{task}-test-error.png", metric=metric)
         reports.append(rep)
     text = to_markdown(reports, notes)
+    from polyak.bench.posthoc_report import posthoc_markdown  # `polyak bench --posthoc` only
+
+    extra = [line for task, by_method in collected.items()
+             for line in posthoc_markdown(store, task, by_method, out_dir)]
+    if extra:
+        text += "\n## Post-hoc averages\n\n" + "\n".join(extra)
     tmp = out_dir / "report.md.tmp"
     tmp.write_text(text + "\n")
     tmp.replace(out_dir / "report.md")

@@ -167,9 +167,16 @@ class RunCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (with the run's identity) atomically; ``CheckpointError`` naming the
         file when the disk refuses (full, read-only): the previous checkpoint stays intact."""
+        data = {"format": FORMAT, "identity": dict(self.identity), **state}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save({"format": FORMAT, "identity": dict(self.identity), **state}, self.path)
+            for attempt in range(3):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    atomic_save(data, self.path)
+                    break
+                except FileNotFoundError:  # the driver removed the (empty) directories just
+                    if attempt == 2:       # then, finishing another run (see remove): again
+                        raise
         except OSError as exc:
             why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             raise CheckpointError(

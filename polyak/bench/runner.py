@@ -18,6 +18,12 @@ stale ones of finished runs are removed at the start. An exception inside a run 
 ``failed`` with its traceback (retried by the next bench) and never stops the grid; a
 non-finite loss is recorded as ``diverged``. With ``workers=1`` the runs execute in-process.
 Runs on CUDA (``task.device``) default to one worker: one run at a time on the one GPU.
+
+Runs of one seed whose trajectories are identical by construction (the same base, schedule and
+training hyper-parameters; only a non-feeding average differs, e.g. ``sgdm@pwa`` and
+``pwa-end-only``) are one unit of work: claimed together, trained once with every member's
+average observing the one trajectory, one resume checkpoint for the group, and one store row
+per member with the metrics its own run gives (:mod:`polyak.bench.sharing`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from polyak.bench.checkpoints import CheckpointPolicy
 from polyak.bench.executors.local import LocalExecutor
+from polyak.bench.posthoc import PosthocPolicy
 from polyak.bench.resume import ResumePolicy, RunCheckpoint
 from polyak.bench.store import FINAL, Heartbeat, RunKey, Store
 from polyak.bench.tasks import Task
@@ -58,6 +65,8 @@ class Job:
     epochs: int
     checkpoints: CheckpointPolicy | None = None  # not part of the run's identity
     resume: ResumePolicy | None = None  # mid-run checkpoints; not part of the identity
+    trajectory: str | None = None  # runs with the same one train once (polyak.bench.sharing)
+    posthoc: PosthocPolicy | None = None  # snapshots and post-hoc averages (polyak.bench.posthoc)
 
     @cached_property
     def key(self) -> RunKey:
@@ -71,7 +80,28 @@ class Job:
         if self.resume is None or not self.resume.enabled:
             return None
         identity = run_identity(self.task, self.spec, self.seed, self.epochs)
+        if self.posthoc is not None:  # its state holds the snapshots': not the plain run's
+            identity["posthoc"] = True
         return self.resume.for_run(identity)
+
+    @property
+    def keys(self) -> tuple[RunKey, ...]:
+        """The store rows this unit of work writes (one; a shared group's: one per member)."""
+        return (self.key,)
+
+    @property
+    def members(self) -> tuple[Job, ...]:
+        return (self,)
+
+    def execute(self) -> RunResult:
+        """Train the run (and evaluate its post-hoc averages when asked): in the worker."""
+        from polyak.bench.sharing import execute
+
+        return execute(self)
+
+    def split(self, result: Any) -> list[tuple[Job, RunResult]]:
+        """Each member with its result (a shared group returns one per member)."""
+        return [(self, result)]
 
 
 @dataclass
@@ -106,22 +136,31 @@ def default_methods() -> tuple[list[str], list[tuple[str, str]]]:
     return ok, missing
 
 
-def _check_spec(task: Task, spec: str, epochs: int) -> int:
+def _check_spec(task: Task, spec: str, epochs: int, share: bool = True
+                ) -> tuple[int, str | None]:
     """Build the recipe once on a fresh model: unknown names/keys/values raise here. Returns
-    the forward-backward passes per step (2 for SAM, else 1), the run's relative cost."""
+    the forward-backward passes per step (2 for SAM, else 1), the run's relative cost, and its
+    trajectory key (:func:`polyak.bench.sharing.trajectory_key`; None without ``share``)."""
+    from polyak.bench.sharing import trajectory_key
+
     splits = task.load()
-    method = build_method(task, spec, make_model(task, splits), epochs,
-                          steps_per_epoch(task, splits))
-    return 2 if method._is_sam() else 1
+    per_epoch = steps_per_epoch(task, splits)
+    method = build_method(task, spec, make_model(task, splits), epochs, per_epoch)
+    key = trajectory_key(task, spec, epochs, method, per_epoch) if share else None
+    return (2 if method._is_sam() else 1), key
 
 
 def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | None = None,
               epochs: int | None = None, checkpoints: CheckpointPolicy | None = None,
-              resume: ResumePolicy | None = None) -> list[Job]:
+              resume: ResumePolicy | None = None, posthoc: PosthocPolicy | None = None,
+              share: bool = True) -> list[Job]:
     """Every (task, method, seed) job, seed-major; ``None`` means the task's default.
 
     Within a seed the costlier runs (SAM's two passes per step) come first, so that the grid
-    does not end with one worker finishing a long run while the others wait.
+    does not end with one worker finishing a long run while the others wait. With ``share``
+    each job carries its trajectory key: :func:`run_grid` trains the jobs of a seed whose
+    trajectories are identical by construction once (:mod:`polyak.bench.sharing`).
+    ``posthoc``: every run keeps snapshots and evaluates the default post-hoc averages.
 
     ``methods=None`` means the available paper methods. Every spec is validated (and every
     task's data generated) before anything runs, so bad input fails before the store is touched.
@@ -136,10 +175,10 @@ def plan_grid(tasks: list[Task], methods: list[str] | None = None, seeds: int | 
     jobs = []
     for task in tasks:
         n_epochs = task.epochs if epochs is None else epochs
-        cost = {spec: _check_spec(task, spec, n_epochs) for spec in specs}
-        ordered = sorted(specs, key=lambda spec: -cost[spec])  # stable: else as given
+        checked = {spec: _check_spec(task, spec, n_epochs, share) for spec in specs}
+        ordered = sorted(specs, key=lambda spec: -checked[spec][0])  # stable: else as given
         n_seeds = task.seeds if seeds is None else seeds
-        jobs += [Job(task, spec, seed, n_epochs, checkpoints, resume)
+        jobs += [Job(task, spec, seed, n_epochs, checkpoints, resume, checked[spec][1], posthoc)
                  for seed in range(n_seeds) for spec in ordered]
     return jobs
 
@@ -188,14 +227,18 @@ def _resumed(result: RunResult) -> str:
 
 def check_checkpoints(store: Store, jobs: list[Job]) -> None:
     """Remove the resume checkpoints of finished runs; read and check those of the others
-    (``CheckpointError`` naming a corrupt or foreign file, before anything runs)."""
-    for job in jobs:
-        if job.checkpoint is None or not job.checkpoint.path.exists():
+    (``CheckpointError`` naming a corrupt or foreign file, before anything runs). A shared
+    group's checkpoint is removed as soon as one of its runs is finished (the rest train
+    without it, alone or in a smaller group)."""
+    from polyak.bench.sharing import units
+
+    for unit in [*jobs, *(u for u in units(jobs) if len(u.members) > 1)]:
+        if unit.checkpoint is None or not unit.checkpoint.path.exists():
             continue
-        if store.status(job.key) in FINAL:
-            job.checkpoint.remove()
+        if any(store.status(key) in FINAL for key in unit.keys):
+            unit.checkpoint.remove()
         else:
-            job.checkpoint.load()
+            unit.checkpoint.load()
 
 
 def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
@@ -219,12 +262,16 @@ def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, disable=not show_progress)
 
-    def done(job: Job, result: RunResult) -> None:
-        _record(store, job, result, summary)
-        progress.console.print(_describe(job, result), highlight=False, soft_wrap=True)
-        progress.advance(bar)
-        if on_result is not None:
-            on_result(job, result)
+    def done(unit: Any, result: Any) -> None:  # a Job, or a shared group and its results
+        for job, one in unit.split(result):
+            _record(store, job, one, summary)
+            progress.console.print(_describe(job, one), highlight=False, soft_wrap=True)
+            progress.advance(bar)
+            if on_result is not None:
+                on_result(job, one)
+        if len(unit.members) > 1 and unit.checkpoint is not None and \
+                any(store.status(key) in FINAL for key in unit.keys):
+            unit.checkpoint.remove()
 
     def elsewhere(job: Job) -> None:  # finished by another bench sharing the store
         summary.skipped += 1
@@ -245,28 +292,40 @@ def run_grid(store: Store, jobs: list[Job], workers: int | None = None,
 
 
 class _Claims:
-    """The runs left to do, handed out as this bench manages to claim them."""
+    """The runs left to do, handed out as this bench manages to claim them: units of work,
+    each a Job or a shared group of jobs trained once (:func:`polyak.bench.sharing.units`)."""
 
     def __init__(self, store: Store, todo: list[Job], elsewhere: Callable[[Job], None],
                  poll: float) -> None:
-        self.store, self.queue, self.elsewhere, self.poll = store, list(todo), elsewhere, poll
+        from polyak.bench.sharing import units
+
+        self.store, self.queue, self.elsewhere, self.poll = store, units(todo), elsewhere, poll
 
     def __bool__(self) -> bool:
         return bool(self.queue)
 
-    def take(self) -> Job | None:
-        """The first job of the queue this bench can claim now (``None``: none can be: the
-        rest are held by other benches, or the queue is empty)."""
-        for job in list(self.queue):
-            if self.store.claim(job.key) is not None:
-                self.queue.remove(job)
-                return job
-            if self.store.status(job.key) in FINAL:
-                self.queue.remove(job)
-                self.elsewhere(job)
+    def take(self) -> Any:
+        """The first unit of the queue this bench can claim now, as far as it can claim it
+        (a group's members held by other benches stay queued; ``None``: nothing can be
+        claimed: the rest are held by other benches, or the queue is empty)."""
+        from polyak.bench.sharing import unit_of
+
+        for unit in list(self.queue):
+            claimed, held = [], []
+            for job in unit.members:
+                if self.store.claim(job.key) is not None:
+                    claimed.append(job)
+                elif self.store.status(job.key) in FINAL:
+                    self.elsewhere(job)
+                else:
+                    held.append(job)
+            index = self.queue.index(unit)
+            self.queue[index:index + 1] = [unit_of(held)] if held else []
+            if claimed:
+                return unit_of(claimed)
         return None
 
-    def wait(self) -> Job | None:
+    def wait(self) -> Any:
         """Like :meth:`take`, but waits while other benches hold every remaining job."""
         while self.queue:
             job = self.take()

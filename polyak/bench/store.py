@@ -23,7 +23,12 @@ Opening checks the file before writing anything: a file that is not SQLite, an S
 is not a polyak store, or a store of a newer schema version raises :class:`StoreError` (a
 ``ValueError``: the CLI prints one line and exits with 2) and leaves the file untouched. A store
 of an older schema is migrated in one transaction (schema 1 -> 2 adds the machine, resume and
-lease columns; old runs have them NULL).
+lease columns; old runs have them NULL; 2 -> 3 adds the ``posthoc`` table, empty for old runs).
+
+Post-hoc averages (``polyak bench --posthoc``, :mod:`polyak.bench.posthoc`): table ``posthoc``
+holds one row per (run, average): its ``name`` (e.g. ``ema(h=2)``), ``family``, ``param``,
+``width`` (the landscape's axis), reconstruction ``error`` bound and the validation and test loss
+and accuracy; written with the run, in the same transaction (:meth:`Store.posthoc` reads them).
 """
 
 from __future__ import annotations
@@ -44,13 +49,20 @@ from typing import Any
 import polyak
 
 __all__ = ["Store", "StoreError", "RunKey", "SCHEMA_VERSION", "config_hash", "FINAL", "METRICS",
-           "Heartbeat", "DEFAULT_LEASE"]
+           "POSTHOC", "Heartbeat", "DEFAULT_LEASE"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_LEASE = 60.0  # seconds a claim lives without a heartbeat
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "time")
 FINAL = ("complete", "diverged")  # statuses a rerun does not redo
 
+_POSTHOC_TABLE = """
+CREATE TABLE posthoc (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, family TEXT NOT NULL, param REAL, width REAL, error REAL,
+    val_loss REAL, val_acc REAL, test_loss REAL, test_acc REAL,
+    PRIMARY KEY (run_id, name)
+)"""
 _SCHEMA = f"""
 CREATE TABLE schema_version (version INTEGER NOT NULL, created_by TEXT NOT NULL);
 CREATE TABLE runs (
@@ -69,7 +81,10 @@ CREATE TABLE metrics (
     {", ".join(f"{m} REAL" for m in METRICS)},
     PRIMARY KEY (run_id, epoch)
 );
+{_POSTHOC_TABLE};
 """
+POSTHOC = ("name", "family", "param", "width", "error", "val_loss", "val_acc", "test_loss",
+           "test_acc")
 _V2_COLUMNS = ("torch_version TEXT", "cpu_capability TEXT", "resumed TEXT", "owner TEXT",
                "lease_until REAL")
 
@@ -141,8 +156,12 @@ class Store:
             with self.transaction():
                 if not self.db.execute("SELECT name FROM sqlite_master").fetchall():
                     self._create()
-                elif self.db.execute("SELECT version FROM schema_version").fetchone()[0] < 2:
-                    self._migrate_1_to_2()
+                else:
+                    version = self.db.execute("SELECT version FROM schema_version").fetchone()[0]
+                    if version < 2:
+                        self._migrate_1_to_2()
+                    if version < 3:
+                        self._migrate_2_to_3()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use the run store {self.path}: {exc}") from None
 
@@ -157,6 +176,10 @@ class Store:
         for column in _V2_COLUMNS:
             self.db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
         self.db.execute("UPDATE schema_version SET version = 2")
+
+    def _migrate_2_to_3(self) -> None:
+        self.db.execute(_POSTHOC_TABLE)
+        self.db.execute("UPDATE schema_version SET version = 3")
 
     def close(self) -> None:
         self.db.close()
@@ -215,6 +238,7 @@ class Store:
                 "error=NULL, version=?, owner=?, lease_until=? WHERE id=?",
                 (now, polyak.__version__, self.owner, now + self.lease, run_id))
             self.db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM posthoc WHERE run_id = ?", (run_id,))
         return run_id
 
     def heartbeat(self) -> int:
@@ -243,6 +267,12 @@ class Store:
             self.db.executemany(
                 f"INSERT INTO metrics ({columns}) VALUES ({marks})",
                 [(run_id, r["epoch"], *(r[m] for m in METRICS)) for r in result.records])
+            self.db.execute("DELETE FROM posthoc WHERE run_id = ?", (run_id,))
+            self.db.executemany(
+                f"INSERT INTO posthoc (run_id, {', '.join(POSTHOC)}) VALUES "
+                f"({', '.join('?' * (1 + len(POSTHOC)))})",
+                [(run_id, *(row[c] for c in POSTHOC))
+                 for row in getattr(result, "posthoc", None) or []])
             self.db.execute(
                 "UPDATE runs SET status=?, finished=?, wall_time=?, error=?, version=?, "
                 "torch_version=?, cpu_capability=?, resumed=?, owner=NULL, lease_until=NULL "
@@ -296,6 +326,13 @@ class Store:
         cursor = self.db.execute(
             f"SELECT epoch, {', '.join(METRICS)} FROM metrics WHERE run_id=? ORDER BY epoch",
             (run_id,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def posthoc(self, run_id: int) -> list[dict[str, Any]]:
+        """The post-hoc averages of a run (``polyak bench --posthoc``), in the order stored."""
+        cursor = self.db.execute(
+            f"SELECT {', '.join(POSTHOC)} FROM posthoc WHERE run_id=? ORDER BY rowid", (run_id,))
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 

@@ -116,6 +116,7 @@ class RunResult:
     wall_time: float = 0.0
     resumed_from: list[int] = field(default_factory=list)  # first epoch of each continuation
     machines: list[str] = field(default_factory=list)  # "torch <version> <CPU capability>"
+    posthoc: list[dict[str, Any]] = field(default_factory=list)  # polyak.bench.posthoc's rows
 
 
 def seed_everything(seed: int) -> None:
@@ -437,7 +438,8 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
               on_epoch: Callable[[dict[str, float]], None] | None = None,
               checkpoints: CheckpointPolicy | None = None, sync_bn: bool = False,
               resume: RunCheckpoint | None = None,
-              curve_points: int | None = CURVE_POINTS) -> RunResult:
+              curve_points: int | None = CURVE_POINTS,
+              attach: Callable[..., Any] | None = None) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed`` for ``epochs`` (default: the task's budget);
     ``checkpoints`` saves the live model at the epochs it keeps (after ``end_epoch``);
     ``resume`` continues from its checkpoint when there is one and saves the run's full state
@@ -458,6 +460,8 @@ def train_run(task: Task, spec: str, seed: int, epochs: int | None = None,
     model = prepare_model(model, task.device, autocast=task.autocast)
     method = build_method(task, spec, model, epochs, steps_per_epoch(task, splits))
     fit, score, bn_loader, generators = _loop(task, splits, model, method, seed, mean, std)
+    for observer in attach(model, method, score, bn_loader, splits) if attach else ():
+        method.observe(observer)
     curve = curve_epochs(epochs, curve_points)
     result = RunResult(status="complete", machines=[_machine_label()])
     saved = resume.load() if resume is not None else None

@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Command groups register themselves on `app` when imported.
-from polyak.cli import analysis, bench, data, listing, train  # noqa: E402,F401,I001
+from polyak.cli import analysis, bench, data, listing, posthoc, train  # noqa: E402,F401,I001

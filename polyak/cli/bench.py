@@ -233,6 +233,9 @@ def _resume_policy(every: str, directory: str):
     return ResumePolicy(Path(directory).resolve(), epochs, seconds)  # absolute: for every node
 
 
+POSTHOC_HELP = ("Keep each run's snapshots (every epoch, and EDM2's power-EMA profiles) under "
+                "--checkpoint-dir, evaluate the default post-hoc averages after training, and "
+                "report the best one chosen on validation (`polyak posthoc DIR` reads them).")
 DATA_DIR_HELP = ("Directory to look in first for the datasets (and corpus.txt for kjv-lstm); "
                  "default: the loaders' search path (`polyak data list`).")
 
@@ -266,6 +269,7 @@ def bench_command(
     tuned: str = typer.Option(None, "--tuned", help="Tuned hyper-parameters to use (a file "
                               "written by `polyak tune --out`, or comma-separated files, one "
                               "per task; default: the task's shipped file)."),
+    posthoc: bool = typer.Option(False, "--posthoc", help=POSTHOC_HELP),
 ) -> int:
     """Run the (task x method x seed) grid, resuming from the store, then print the report."""
     from polyak.bench.runner import default_methods, plan_grid, run_grid
@@ -283,7 +287,13 @@ def bench_command(
 
         policy = CheckpointPolicy(Path(checkpoint_dir).resolve(),  # absolute: for every node
                                   KeepEpochs.parse(keep_checkpoints))
-    jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy, resume=resume)
+    averages = None
+    if posthoc:
+        from polyak.bench.posthoc import PosthocPolicy
+
+        averages = PosthocPolicy(Path(checkpoint_dir).resolve())
+    jobs = plan_grid(task_list, specs, seeds, epochs, checkpoints=policy, resume=resume,
+                     posthoc=averages)
     _warn_gpu_sized(task_list, epochs)
     _writable_dir(out, "--out")
     _writable_dir(checkpoint_dir, "--checkpoint-dir")

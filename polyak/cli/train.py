@@ -5,7 +5,9 @@
 line of stdout (and writes it to ``DIR/result.json``). Launched as
 ``torchrun --nproc_per_node=N -m polyak train ...`` it trains one run with
 ``DistributedDataParallel`` over the N processes (:mod:`polyak.bench.ddp`); rank 0 prints and
-writes, the other ranks stay silent.
+writes, the other ranks stay silent. With ``--snapshots DIR`` the run keeps the snapshots
+``polyak bench --posthoc`` keeps (every epoch, and EDM2's power-EMA profiles) in ``DIR``, for
+``polyak posthoc DIR``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def train_command(
                                        "state there and resume from it when present."),
     checkpoint_every: str = typer.Option("1", "--checkpoint-every", help="With "
                                          "--checkpoint-dir: epochs between saves (or 90s, 10m)."),
+    snapshots: str = typer.Option(None, "--snapshots", help="Keep the run's snapshots in this "
+                                  "directory (for `polyak posthoc DIR`)."),
 ) -> int:
     """Train one run (the benchmark's loop); under torchrun, data-parallel over the ranks."""
     import os
@@ -63,13 +67,21 @@ def train_command(
     (the_task,) = _tasks(task, name, _data_dir(data_dir))
     (checked,) = plan_grid([the_task], [method], seeds=1, epochs=epochs)  # validates the spec
     job = Job(the_task, method, seed, checked.epochs)
-    resume = _resume(checkpoint_dir, checkpoint_every, job)
+    resume = _resume(checkpoint_dir, checkpoint_every, job, snapshots is not None)
     ddp.init_from_env(the_task.device)
     from polyak.bench.train import train_run
 
+    attach = None
+    if snapshots is not None:
+        from polyak.bench.posthoc import snapshot_observer
+
+        def attach(model, *_):
+            return [snapshot_observer(model, [job], Path(snapshots))]
+
     me, world = rank(), world_size()
     try:
-        result = train_run(the_task, method, seed, job.epochs, sync_bn=sync_bn, resume=resume)
+        result = train_run(the_task, method, seed, job.epochs, sync_bn=sync_bn, resume=resume,
+                           attach=attach)
     finally:
         if is_distributed():
             torch.distributed.destroy_process_group()
@@ -86,8 +98,9 @@ def train_command(
     return 0
 
 
-def _resume(checkpoint_dir: str | None, every: str, job):
-    """The run's resume checkpoint under ``checkpoint_dir`` (``None`` without one)."""
+def _resume(checkpoint_dir: str | None, every: str, job, snapshots: bool = False):
+    """The run's resume checkpoint under ``checkpoint_dir`` (``None`` without one); with
+    ``snapshots`` its state holds theirs (another identity than the plain run's)."""
     if checkpoint_dir is None:
         return None
     from polyak.bench.resume import ResumePolicy, parse_every
@@ -95,4 +108,7 @@ def _resume(checkpoint_dir: str | None, every: str, job):
 
     n_epochs, seconds = parse_every(every)
     policy = ResumePolicy(Path(checkpoint_dir).resolve(), n_epochs, seconds)
-    return policy.for_run(run_identity(job.task, job.spec, job.seed, job.epochs))
+    identity = run_identity(job.task, job.spec, job.seed, job.epochs)
+    if snapshots:
+        identity["posthoc"] = True
+    return policy.for_run(identity)

@@ -185,3 +185,29 @@ def test_parse_every(text, parsed):
 def test_parse_every_rejects(text):
     with pytest.raises(ValueError, match="checkpoint-every"):
         parse_every(text)
+
+
+def test_a_save_survives_another_run_removing_the_empty_directories(tmp_path, monkeypatch):
+    """Two workers share the checkpoint root: the driver removes a finished run's checkpoint
+    and the directories it leaves empty, up to the root, while a worker is about to write its
+    own there (the race that stopped a 2-worker default bench with "cannot write checkpoint
+    ...: No such file or directory"). The save recreates them and writes."""
+    from polyak.bench import resume as resume_module
+
+    mine = ResumePolicy(tmp_path / "ck").for_run({"task": "t", "method": "a", "seed": 0,
+                                                  "epochs": 2, "config_hash": "h"})
+    theirs = ResumePolicy(tmp_path / "ck").for_run({"task": "t", "method": "b", "seed": 0,
+                                                    "epochs": 2, "config_hash": "h"})
+    theirs.save({"epoch": 0})
+    real, calls = resume_module.atomic_save, []
+
+    def racing(obj, path):  # the driver removes the other run's checkpoint right now
+        calls.append(path)
+        if len(calls) == 1:
+            theirs.remove()
+            mine.remove()  # nothing of mine yet: the empty directories up to the root go
+        return real(obj, path)
+
+    monkeypatch.setattr(resume_module, "atomic_save", racing)
+    mine.save({"epoch": 1})
+    assert mine.load()["epoch"] == 1 and not (tmp_path / "ck" / "t" / "b").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from polyak.bench.report import machine_notes
-from polyak.bench.store import METRICS, RunKey, Store, StoreError
+from polyak.bench.store import METRICS, SCHEMA_VERSION, RunKey, Store, StoreError
 from polyak.bench.train import RunResult
 
 V1 = """
@@ -52,7 +52,7 @@ def test_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path):
         new = store.run(key(1))
         assert (new["torch_version"], new["cpu_capability"]) == ("2.13.0+cpu", "AVX2")
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_store_of_a_newer_polyak_is_refused_untouched(tmp_path):

@@ -12,6 +12,10 @@ which alone writes the SQLite store. The contract, ``executor.run(store, claims,
 - on any exception (Ctrl-C included) the executor puts the runs it still holds back with
   ``store.release(keys)`` and re-raises.
 
+A claimed "job" is a unit of work: a ``Job``, or a shared group of runs trained once
+(:class:`polyak.bench.sharing.SharedJob`); ``job.keys`` are the store rows it holds, and its
+result goes back to ``done`` as it came (the runner splits a group's).
+
 A run that raises is a result with ``status="failed"`` and the traceback (:func:`execute_job`
 catches it); a worker that dies (killed, out of memory, node lost) is the executor's business:
 the pool records it as failed, Ray retries it up to ``max_retries`` times, and with resume
@@ -20,32 +24,34 @@ checkpoints the retry continues from the run's last checkpoint.
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 import torch
 
-__all__ = ["execute_job", "make_executor", "EXECUTORS"]
+__all__ = ["execute_job", "make_executor", "held_keys", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 
 
 def execute_job(job: Any, threads: int | None = None) -> Any:
-    """Train one job (``polyak.bench.runner.Job``) with ``threads`` torch threads; a run that
-    raises comes back as a failed result carrying its traceback."""
+    """Train one job (``polyak.bench.runner.Job`` or a shared group) with ``threads`` torch
+    threads; a run that raises comes back as a failed result carrying its traceback."""
     from polyak.bench.resume import CheckpointError
-    from polyak.bench.train import RunResult, train_run
+    from polyak.bench.sharing import failed_result
 
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return train_run(job.task, job.spec, job.seed, job.epochs, checkpoints=job.checkpoints,
-                         resume=job.checkpoint)
+        return job.execute()
     except CheckpointError:  # the disk or the checkpoint, not the run: the bench stops
         raise
     except Exception as exc:  # a failing run must not stop the grid
-        text = "".join(traceback.format_exception(exc))
-        return RunResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{text[-4000:]}")
+        return failed_result(exc)
+
+
+def held_keys(jobs: Any) -> list[Any]:
+    """The store keys of the units of work ``jobs`` (to release them)."""
+    return [key for job in jobs for key in job.keys]
 
 
 def make_executor(name: str, *, workers: int | None = None, address: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from polyak.bench.executors import execute_job
+from polyak.bench.executors import execute_job, held_keys
 
 __all__ = ["LocalExecutor", "run_inline", "run_pool"]
 
@@ -78,7 +78,7 @@ def run_inline(store: Any, claims: Any, done: Done) -> None:
             try:
                 result = execute_job(job)
             except BaseException:  # Ctrl-C, or a checkpoint that cannot be written
-                store.release([job.key])
+                store.release(held_keys([job]))
                 raise
             done(job, result)
     finally:
@@ -104,17 +104,18 @@ def run_pool(store: Any, claims: Any, workers: int, done: Done) -> None:
                                   return_when=cf.FIRST_COMPLETED)
             broken = False
             for future in finished:
-                job = running.pop(future)
-                try:
+                job = running[future]
+                try:  # a CheckpointError comes back from here: the job is still released
                     result = future.result()
                 except cf.process.BrokenProcessPool as exc:  # a worker died (killed, OOM...)
                     result, broken = RunResult(status="failed", error=f"worker died: {exc}"), True
+                del running[future]
                 done(job, result)
             if broken:
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = _new_pool(workers)
     except BaseException:
-        store.release([job.key for job in running.values()])
+        store.release(held_keys(running.values()))
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -24,7 +24,7 @@ import math
 import os
 from typing import Any
 
-from polyak.bench.executors import execute_job
+from polyak.bench.executors import execute_job, held_keys
 
 __all__ = ["RayExecutor"]
 
@@ -123,7 +123,7 @@ class RayExecutor:
                     job = running.pop(ref)
                     done(job, self._result(ray, ref))
         except BaseException:
-            store.release([job.key for job in running.values()])
+            store.release(held_keys(running.values()))
             for ref in running:
                 ray.cancel(ref, force=True)
             raise
