@@ -42,6 +42,7 @@ from typing import Any
 
 from polyak.averaging import EMA, FinalPhase, NonFiniteWeights, Uniform
 from polyak.bench import ddp, protocols, train
+from polyak.bench.divergence import exploded
 from polyak.bench.resume import CheckpointError, RunCheckpoint
 from polyak.bench.train import (
     RunResult,
@@ -283,8 +284,14 @@ class Follower:
             ddp.on_rank0(job.checkpoints.maybe_save, self.model, task=job.task.name,
                          method=job.spec, seed=job.seed, epoch=epoch, epochs=job.epochs,
                          lr=record["lr"])
+        why = None if val_loss is None or not (math.isfinite(val_loss)
+                                              and math.isfinite(test_loss)) \
+            else exploded(max(val_loss, test_loss), self.splits.num_classes)
         if val_loss is not None and not (math.isfinite(val_loss) and math.isfinite(test_loss)):
             self._end("diverged", f"non-finite loss of the reported weights in epoch {epoch}")
+        elif why is not None:   # train_run's rule for the reported weights (bench.divergence)
+            self._end("diverged", f"exploded loss of the reported weights in epoch {epoch}: "
+                      f"{why}")
         elif self.method.should_stop or epoch == job.epochs - 1:
             self.live, self.finished = False, True
 
