@@ -266,9 +266,9 @@ PLACEHOLDERS: dict[str, Callable[[Task, int], str]] = {
 
 # Budgets measured on one CPU thread (runs are single-threaded): the CNN takes about 5-7 s a run
 # (SAM variants 11 s); the reported weights (val + test, BatchNorm recalibrated on the whole
-# training set) are evaluated at 10 evenly spaced epochs; `polyak bench`
-# (25 methods x 3 seeds) took 3 min 24-46 s on 2 idle cores from a fresh clone, install
-# included (2026-11-30, the (N, L, C) CNN layers; benchmarks/bench_time.py times it alone).
+# training set) are evaluated at 10 evenly spaced epochs; `polyak bench` (the 31 arms of the
+# papers' protocols x 3 seeds, 81 trainings with the shared trajectories) took 3 min 33 s on 2
+# idle cores from a fresh clone, install included (2026-12-04; benchmarks/bench_time.py: 179 s).
 _CNN_BUDGET = (
     "MNIST-1D (4000 train / 2000 val / 10000 test), 1-D CNN of the MNIST-1D paper with "
     "BatchNorm (5.4k params), {epochs} of batch 128 (32 steps), val and test of the "
@@ -305,8 +305,8 @@ _KJV = (
     "2-layer LSTM (embedding 64, hidden 128, 0.24M params), truncated BPTT over 64-character "
     "chunks of 32 streams (219 steps/epoch), {epochs}, no gradient clipping; loss in nats/char, "
     "acc = next-character accuracy; TSO-ALRA preconditions only the decoder (the LSTM and "
-    "embedding get plain SGD); {run_time} on 1 CPU thread (SAM variants ~2x), 25 methods x 3 "
-    "seeds ~40 runs' time on 2 cores; tuned lrs: not shipped (a 5-point grid of every method "
+    "embedding get plain SGD); {run_time} on 1 CPU thread (SAM variants ~2x), the default "
+    "31 arms x 3 seeds ~45 runs' time on 2 cores; tuned lrs: not shipped (a 5-point grid of every method "
     "at 10 epochs is ~3 CPU hours; the recipes' published defaults)"
 )
 _NOT_TUNED = "not shipped (not affordable on CPU; the recipes' published defaults)"
