@@ -306,8 +306,8 @@ _KJV = (
     "chunks of 32 streams (219 steps/epoch), {epochs}, no gradient clipping; loss in nats/char, "
     "acc = next-character accuracy; TSO-ALRA preconditions only the decoder (the LSTM and "
     "embedding get plain SGD); {run_time} on 1 CPU thread (SAM variants ~2x), the default "
-    "31 arms x 3 seeds ~45 runs' time on 2 cores; tuned lrs: not shipped (a 5-point grid of every method "
-    "at 10 epochs is ~3 CPU hours; the recipes' published defaults)"
+    "31 arms x 3 seeds ~45 runs' time on 2 cores; tuned lrs: not shipped (a 5-point grid of "
+    "every method at 10 epochs is ~3 CPU hours; the recipes' published defaults)"
 )
 _NOT_TUNED = "not shipped (not affordable on CPU; the recipes' published defaults)"
 _CIFAR_PREP = "standardized, random 32x32 crops of the 4-pixel zero-padded image"
