@@ -57,19 +57,26 @@ def test_tuned_values_of_the_tuner_format(tmp_path):
     assert task.tuned_lrs() == {"tso-alra": 0.1, "adam": 0.01}
 
 
-def test_shipped_tuned_files_name_real_recipes():
-    names = set(polyak.recipes.names())
+def test_shipped_tuned_files_name_real_arms_and_recipes():
+    from polyak.bench import protocols
+
+    names = set(polyak.recipes.names()) | set(protocols.default_methods())
+    shipped = 0
     for task in TASKS.values():
         path = task.tuned_file()
         assert path.parent == TUNED_DIR
         if path.exists():
+            shipped += 1
             data = json.loads(path.read_text())
             assert data["task"] == task.name and data["commands"]
             values = task.tuned_values()
             assert set(values) <= names
+            # every arm of the default grid is in the file (tuned, shared, or fixed by its paper)
+            assert set(protocols.default_methods()) <= set(values), task.name
             for method, hps in values.items():
-                assert set(hps) <= set(polyak.recipes.parse(method).defaults), method
+                assert set(hps) <= set(protocols.parse(method).defaults), method
                 assert hps.get("lr", 1) > 0
+    assert shipped == 3
 
 
 def test_task_is_frozen():
