@@ -246,7 +246,9 @@ def bench_command(
                               "your own FILE.py:NAME / module:NAME (docs/own-task.md; default "
                               "mnist1d-cnn)."),
     methods: str = typer.Option(None, "--methods",
-                                help="Comma-separated recipe specs (default: every paper method)."),
+                                help="Comma-separated methods: arms of the papers' protocols "
+                                "(adam@tso-alra, pwa, ...) or recipe specs (default: every arm; "
+                                "polyak list shows them)."),
     seeds: int = typer.Option(None, "--seeds", help="Seeds per method (default: the task's, 3)."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: cores)."),
@@ -400,9 +402,9 @@ def _keys_by_budget(run_store, task_list: list, specs, epochs: int | None, store
 def tune_command(
     task: str = typer.Option(None, "--task", help="Task to tune on: a built-in name or your "
                              "FILE.py:NAME (default mnist1d-cnn)."),
-    methods: str = typer.Option(None, "--methods", help="Comma-separated recipe names "
-                                "(default: every paper method; the recipes they share tuning "
-                                "with are tuned too)."),
+    methods: str = typer.Option(None, "--methods", help="Comma-separated arms or recipe "
+                                "names (default: every arm of the papers' protocols; the ones "
+                                "they share tuning with are tuned too)."),
     out: str = typer.Option(None, "--out", help="JSON file the winners are written (merged) "
                             "into (default: polyak-tuned-<task>.json here); use it with "
                             "`polyak bench --tuned FILE`."),
