@@ -8,9 +8,9 @@ kernel, the validation and test sets (12,000 examples) evaluated every epoch in 
 one thread, data already generated. It does not use polyak's code, so polyak's own speed-ups do
 not move it. Beside it, for comparison,
 polyak's ``train_run`` of the same run as the benchmark runs it (10 curve points) and with every
-epoch evaluated. Then ``polyak bench`` itself (default: every arm of the papers' protocols, 3 seeds, one worker
-per core, report included) in a subprocess with a fresh store and report directory in a
-temporary directory, wall clock from start to exit.
+epoch evaluated. Then ``polyak bench`` itself (default: every arm of the papers' protocols, 3
+seeds, one worker per core, report included) in a subprocess with a fresh store and report
+directory in a temporary directory, wall clock from start to exit.
 
     python benchmarks/bench_time.py [--methods a,b,...] [--seeds N] [--workers N]
 
@@ -117,7 +117,8 @@ def bench(extra: list[str]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", help="comma-separated methods (default: every arm of the protocols)")
+    parser.add_argument("--methods",
+                        help="comma-separated methods (default: every arm of the protocols)")
     parser.add_argument("--seeds", type=int, help="seeds per method (default: the task's, 3)")
     parser.add_argument("--workers", type=int, help="worker processes (default: cores)")
     args = parser.parse_args()
