@@ -133,15 +133,18 @@ VAL_LOSSES = {0: [1.0, 0.8, 0.9, 0.95, 0.99, 0.7], 1: [1.0, 0.8, 0.7, 0.6, 0.5, 
 def check_triggers(rank: int) -> dict:
     model = mlp()
     tso = TSOALRA(model, lr=0.1, trigger=Plateau(2), inv_every=1)
-    stop, start = Plateau(3), Plateau(1, mode="max")
     method = Method(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                    averaging=Uniform(model), averaging_trigger=start, stop_trigger=stop)
+                    averaging=Uniform(model), averaging_trigger=Plateau(1, mode="max"))
+    # early stopping on its own (a stop trigger beside an averaging trigger watches only from
+    # the epoch after averaging started, GadamAuto's rule)
+    stopper = Method(model, torch.optim.SGD(model.parameters(), lr=0.1), stop_trigger=Plateau(3))
     switched, stopped, averaging = [], [], []
     for epoch, loss in enumerate(VAL_LOSSES[rank]):
         if tso.end_epoch(epoch, val_loss=loss):
             switched.append(epoch)
         method.end_epoch(epoch, val_loss=loss, val_acc=-loss)
-        stopped.append(method.should_stop)
+        stopper.end_epoch(epoch, val_loss=loss)
+        stopped.append(stopper.should_stop)
         averaging.append(method.averaging_started)
     return {"switch": switched, "tso_taken": tso.switch_epoch_taken, "stop": stopped,
             "averaging": averaging}

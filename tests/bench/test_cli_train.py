@@ -57,7 +57,10 @@ def _polyak_train(prefix, cache, *args):
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ARGS = ("--method", "swa", "--epochs", "3")
+# swa at weight decay 5e-4: at the shipped tuned 1e-4 this seed's trajectory amplifies rounding
+# (the summation order of two ranks, or just ATEN_CPU_CAPABILITY=default against AVX-512 in one
+# process) from 1e-7 to 1.6e-4 of the validation loss by epoch 3: chaos, not a DDP difference
+ARGS = ("--method", "swa:weight_decay=0.0005", "--epochs", "3")
 
 
 @pytest.fixture(scope="module")
