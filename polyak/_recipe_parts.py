@@ -71,14 +71,6 @@ def shown(value: Any) -> str:
         else repr(value)
 
 
-# ------------------------------------------------------------------ schedules
-def step_schedule(epochs: int, fractions: tuple[float, ...]) -> Callable[[float], float]:
-    from polyak.schedules import step_phases
-
-    lengths = phase_lengths(epochs, fractions)
-    return step_phases(lengths, [0.1 ** i for i in range(len(lengths))])
-
-
 # ------------------------------------------------------------------ bases
 @dataclass(frozen=True)
 class Base:
